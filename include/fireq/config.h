@@ -4,8 +4,11 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace fireq {
+
+class GgufFile;
 
 // Llama 3.1 style frequency scaling (config.json "rope_scaling": {"rope_type": "llama3", ...}).
 struct RopeScalingLlama3 {
@@ -32,7 +35,8 @@ struct LlamaConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // true for qwen2
   int bos_token_id = -1;
-  int eos_token_id = -1;
+  int eos_token_id = -1;                 // the first one when config.json lists several
+  std::vector<int> eos_token_ids;        // all of them (empty when unknown)
 
   int q_dim() const { return num_attention_heads * head_dim; }
   int kv_dim() const { return num_key_value_heads * head_dim; }
@@ -43,5 +47,12 @@ struct LlamaConfig {
 // Refuses unknown architectures and unsupported fields (e.g. other rope_scaling types).
 LlamaConfig parse_llama_config(std::string_view json_text, const std::string& source);
 LlamaConfig load_llama_config(const std::filesystem::path& config_json);
+
+// From a GGUF file's llama.* (or qwen2.*) metadata; the vocabulary size from the token list.
+LlamaConfig llama_config_from_gguf(const GgufFile& gguf);
+
+// Checks the sizes are positive and consistent (heads divide, GQA group integral); fails naming
+// `source`. The parsers call it.
+void validate_llama_config(const LlamaConfig& config, const std::string& source);
 
 }  // namespace fireq
