@@ -151,6 +151,27 @@ FIREQ_HD float f16_to_float(uint16_t h) {
   return bits_float(sign | ((exponent - 15u + 127u) << 23) | (mantissa << 13));
 }
 
+// FP16 encode: round-to-nearest-even, overflow to infinity, NaN -> 0x7FFF, exactly
+// __float2half_rn (checked in tests/kernels_attention). Attention's P operand (split-KV kernel).
+FIREQ_HD uint16_t f16_from_float(float x) {
+  const uint32_t bits = float_bits(x);
+  const uint32_t abs_bits = bits & 0x7FFFFFFFu;
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  if (abs_bits > 0x7F800000u) return 0x7FFF;
+  if (abs_bits >= 0x477FF000u) return sign | 0x7C00;  // >= 65520 (max + half an ulp): infinity
+  if (abs_bits < 0x38800000u) {                       // below 2^-14: subnormal grid of step 2^-24
+    return sign | static_cast<uint16_t>(round_half_even_small(bits_float(abs_bits) * 16777216.0f));
+  }
+  const uint32_t exponent = ((abs_bits >> 23) & 0xFFu) - 127u + 15u;
+  const uint32_t mantissa = abs_bits & 0x7FFFFFu;
+  uint32_t code = (exponent << 10) | (mantissa >> 13);
+  const uint32_t rest = mantissa & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (code & 1u))) ++code;
+  return sign | static_cast<uint16_t>(code);
+}
+
+FIREQ_HD float round_to_f16(float x) { return f16_to_float(f16_from_float(x)); }
+
 // ---------------------------------------------------------------------------------------------
 // INT4 symmetric group quantization with FP8 e4m3 group scales.
 constexpr int kInt4Min = -8;
