@@ -53,6 +53,7 @@ fetch_from_wheel gensim==4.4.0 \
   gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \
   data/text/enwiki-shortened.xml.bz2
 fetch_from_wheel gensim==4.4.0 gensim/test/test_data/lee_background.cor data/text/lee_background.cor
+.venv/bin/python scripts/prepare_text.py  # wiki.calib.txt / wiki.eval.txt, see docs/EVALUATION.md
 
 if [ ! -f third_party/cutlass/include/cute/tensor.hpp ]; then
   log "downloading CUTLASS headers (nvidia-cutlass==4.2.0.0)"
