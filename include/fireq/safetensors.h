@@ -84,6 +84,11 @@ class SafetensorsFile {
 class SafetensorsCheckpoint {
  public:
   explicit SafetensorsCheckpoint(const std::filesystem::path& path);
+  // Views point into the shards: moving keeps them valid, copying would not.
+  SafetensorsCheckpoint(SafetensorsCheckpoint&&) = default;
+  SafetensorsCheckpoint& operator=(SafetensorsCheckpoint&&) = default;
+  SafetensorsCheckpoint(const SafetensorsCheckpoint&) = delete;
+  SafetensorsCheckpoint& operator=(const SafetensorsCheckpoint&) = delete;
 
   const std::vector<const TensorView*>& tensors() const { return tensors_; }  // by shard, file order
   const TensorView* find(std::string_view name) const;

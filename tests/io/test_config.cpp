@@ -1,0 +1,186 @@
+// config.json parsing on configs shaped like the real ones (fields as published with the models).
+#include "fireq/config.h"
+#include "test_util.h"
+
+namespace fireq {
+namespace {
+
+using fireq::testing::error_of;
+using ::testing::HasSubstr;
+
+constexpr const char* kLlama2_7B = R"({
+  "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+  "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 11008,
+  "max_position_embeddings": 4096, "model_type": "llama", "num_attention_heads": 32,
+  "num_hidden_layers": 32, "num_key_value_heads": 32, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+  "rope_scaling": null, "tie_word_embeddings": false, "torch_dtype": "float16",
+  "transformers_version": "4.31.0.dev0", "use_cache": true, "vocab_size": 32000})";
+
+constexpr const char* kLlama3_8B = R"({
+  "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
+  "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 8192,
+  "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
+  "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+  "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "transformers_version": "4.40.0.dev0", "use_cache": true, "vocab_size": 128256})";
+
+constexpr const char* kLlama31_8B = R"({
+  "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu",
+  "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+  "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+  "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+  "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+  "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+  "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "transformers_version": "4.43.0.dev0", "use_cache": true, "vocab_size": 128256})";
+
+constexpr const char* kSmolLM2_135M = R"({
+  "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576,
+  "initializer_range": 0.041666666666666664, "intermediate_size": 1536,
+  "max_position_embeddings": 8192, "mlp_bias": false, "model_type": "llama",
+  "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+  "pad_token_id": 2, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+  "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+  "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152})";
+
+constexpr const char* kQwen2_0_5B = R"({
+  "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+  "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+  "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
+  "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+  "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+  "use_cache": true, "use_sliding_window": false, "vocab_size": 151936})";
+
+TEST(Config, Llama2_7B) {
+  const LlamaConfig c = parse_llama_config(kLlama2_7B, "llama2/config.json");
+  EXPECT_EQ(c.architecture, "llama");
+  EXPECT_EQ(c.hidden_size, 4096);
+  EXPECT_EQ(c.intermediate_size, 11008);
+  EXPECT_EQ(c.num_hidden_layers, 32);
+  EXPECT_EQ(c.num_attention_heads, 32);
+  EXPECT_EQ(c.num_key_value_heads, 32);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.gqa_group(), 1);
+  EXPECT_EQ(c.vocab_size, 32000);
+  EXPECT_EQ(c.max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 10000.0);  // absent: the Llama default
+  EXPECT_FALSE(c.rope_scaling.enabled);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_FALSE(c.attention_bias);
+  EXPECT_EQ(c.bos_token_id, 1);
+  EXPECT_EQ(c.eos_token_id, 2);
+  EXPECT_EQ(c.eos_token_ids, std::vector<int>{2});
+}
+
+TEST(Config, Llama3_8B_Gqa) {
+  const LlamaConfig c = parse_llama_config(kLlama3_8B, "llama3/config.json");
+  EXPECT_EQ(c.num_key_value_heads, 8);
+  EXPECT_EQ(c.gqa_group(), 4);
+  EXPECT_EQ(c.q_dim(), 4096);
+  EXPECT_EQ(c.kv_dim(), 1024);
+  EXPECT_EQ(c.intermediate_size, 14336);
+  EXPECT_EQ(c.vocab_size, 128256);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 500000.0);
+  EXPECT_FALSE(c.rope_scaling.enabled);
+}
+
+TEST(Config, Llama31_8B_Llama3RopeScalingAndEosList) {
+  const LlamaConfig c = parse_llama_config(kLlama31_8B, "llama31/config.json");
+  EXPECT_TRUE(c.rope_scaling.enabled);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8.0);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.low_freq_factor, 1.0);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_EQ(c.max_position_embeddings, 131072);
+  EXPECT_EQ(c.eos_token_id, 128001);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int>{128001, 128008, 128009}));
+}
+
+TEST(Config, Llama3RopeScalingWithOldTypeSpelling) {
+  std::string text = kLlama31_8B;
+  text.replace(text.find("\"rope_type\""), 11, "\"type\"");
+  EXPECT_TRUE(parse_llama_config(text, "c.json").rope_scaling.enabled);
+}
+
+TEST(Config, SmolLM2_135M) {
+  const LlamaConfig c = parse_llama_config(kSmolLM2_135M, "smol/config.json");
+  EXPECT_EQ(c.hidden_size, 576);
+  EXPECT_EQ(c.num_hidden_layers, 30);
+  EXPECT_EQ(c.num_attention_heads, 9);
+  EXPECT_EQ(c.num_key_value_heads, 3);
+  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.intermediate_size, 1536);
+  EXPECT_EQ(c.vocab_size, 49152);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 100000.0);  // an integer in the JSON
+}
+
+TEST(Config, Qwen2HasAttentionBiases) {
+  const LlamaConfig c = parse_llama_config(kQwen2_0_5B, "qwen/config.json");
+  EXPECT_EQ(c.architecture, "qwen2");
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.gqa_group(), 7);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
+}
+
+TEST(Config, ExplicitHeadDimOverridesTheDefault) {
+  std::string text = kLlama3_8B;
+  text.insert(1, "\"head_dim\": 64, ");
+  EXPECT_EQ(parse_llama_config(text, "c.json").head_dim, 64);
+}
+
+// Replaces the first occurrence of `from` in `base` with `to`.
+std::string edit(const std::string& base, const std::string& from, const std::string& to) {
+  std::string text = base;
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  return text.replace(at, from.size(), to);
+}
+
+TEST(Config, RefusesUnsupportedModels) {
+  struct Case {
+    std::string text;
+    const char* problem;
+  };
+  const std::string base = kLlama3_8B;
+  const Case cases[] = {
+      {edit(base, "\"model_type\": \"llama\"", "\"model_type\": \"mistral\""), "unsupported model_type 'mistral'"},
+      {edit(edit(base, "\"model_type\": \"llama\",", ""), "LlamaForCausalLM", "GPT2LMHeadModel"),
+       "unsupported architecture 'GPT2LMHeadModel'"},
+      {edit(base, "\"rope_scaling\": null", R"("rope_scaling": {"type": "linear", "factor": 2.0})"),
+       "rope_scaling type 'linear' is not supported"},
+      {edit(base, "\"rope_scaling\": null", R"("rope_scaling": {"rope_type": "yarn", "factor": 4.0})"),
+       "rope_scaling type 'yarn'"},
+      {edit(base, "\"rope_scaling\": null", R"("rope_scaling": {"rope_type": "llama3", "factor": 8.0})"),
+       "rope_scaling llama3 needs"},
+      {edit(base, "\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""), "hidden_act 'gelu'"},
+      {edit(base, "\"attention_bias\": false", "\"mlp_bias\": true"), "mlp_bias"},
+      {edit(base, "\"num_key_value_heads\": 8", "\"num_key_value_heads\": 5"), "not a multiple of num_key_value_heads"},
+      {edit(base, "\"hidden_size\": 4096,", ""), "missing required field 'hidden_size'"},
+      {edit(base, "\"vocab_size\": 128256", "\"vocab_size\": \"big\""), "field 'vocab_size' must be an integer"},
+      {edit(base, "\"vocab_size\": 128256", "\"vocab_size\": 0"), "vocab_size must be positive"},
+      {edit(base, "\"tie_word_embeddings\": false", "\"tie_word_embeddings\": 1"), "tie_word_embeddings"},
+      {"[1, 2]", "not a JSON object"},
+      {"{\"model_type\": ", "not valid JSON"},
+  };
+  for (const Case& c : cases) {
+    const std::string message = error_of([&] { parse_llama_config(c.text, "bad/config.json"); });
+    EXPECT_THAT(message, HasSubstr("bad/config.json")) << c.problem;
+    EXPECT_THAT(message, HasSubstr(c.problem));
+  }
+}
+
+TEST(Config, MissingFileIsAnError) {
+  EXPECT_THAT(error_of([] { load_llama_config("/nonexistent/config.json"); }),
+              HasSubstr("/nonexistent/config.json: cannot open"));
+}
+
+}  // namespace
+}  // namespace fireq
