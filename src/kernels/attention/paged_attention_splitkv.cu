@@ -1,0 +1,452 @@
+// Split-KV attention of a few FP8 queries per sequence over a paged INT4 KV cache (decode, and a
+// correct but unpipelined path for chunked prefill). Memory-bound: the kernel's job is to stream the
+// INT4 K and V bytes once at HBM speed, with every query head of a KV head sharing the read.
+//
+// A CTA = (split of the sequence's 64-token tiles) x (KV head, chunk of 8 query rows) x (sequence);
+// a query row is (query token, query head of the group). Each of its 4 warps takes whole 64-token
+// tiles and runs two mma.sync.m16n8k16 products with FP32 accumulators:
+//   S^T[tokens x rows] = K[tokens x d] . Q^T[d x rows]      (A = K from the cache, B = Q)
+//   O^T[d x rows]     += V^T[d x tokens] . P^T[tokens x rows] (A = V^T from the cache, B = P)
+// INT4 -> FP16 is exact (a LOP3 that builds 1024 + (n ^ 8) and one HSUB2), so is FP8 Q -> FP16; the
+// per-token K scale multiplies the FP32 scores, the per-token V scale multiplies P before its FP16
+// rounding (PRounding::fp16 in the reference). Because a dot product does not care in which order
+// its terms come, each thread loads whole 16- or 8-byte pieces of a cache row and we permute the
+// matching Q channels and P tokens instead (see the two *_pair_* helpers): no shared-memory staging,
+// no transposes. S^T's accumulator layout becomes P^T's operand layout with one movmatrix.trans.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "fireq/cuda_check.h"
+#include "fireq/error.h"
+#include "fireq/kernels/attention.h"
+
+namespace fireq::attention {
+namespace {
+
+constexpr int kTileTokens = 64;   // per warp iteration: 4 MMA row tiles of 16 tokens
+constexpr int kWarps = 4;
+constexpr int kRowsPerCta = 8;    // query rows: the n = 8 of m16n8k16
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct SplitKvParams {
+  const uint8_t* q;
+  const uint16_t* q_scale;
+  const int32_t* query_start;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  const uint8_t* k;
+  const uint8_t* v;
+  const uint16_t* k_scale;
+  const uint16_t* v_scale;
+  PagedKvLayout layout;
+  int max_pages_per_seq;
+  int q_heads, group;
+  int chunks;           // row chunks per KV head
+  int splits;
+  int tiles_per_split;
+  float score_factor;   // softmax_scale * log2(e)
+  float* partial_o;     // [batch][kv_heads][chunks][splits][8][d], unnormalised
+  float2* partial_ml;   // [batch][kv_heads][chunks][splits][8]: (row max, row sum) in the log2 domain
+  uint16_t* out;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Warp-level primitives.
+
+__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t transpose_8x8_f16(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// Nibbles j and j + 4 of a word of 8 two's-complement INT4 values, as exact FP16 (low, high).
+__device__ __forceinline__ uint32_t int4_pair_to_f16x2(uint32_t word, int j) {
+  const uint32_t biased = ((word >> (4 * j)) & 0x000F000Fu) ^ 0x64086408u;  // 1024 + (n ^ 8) = 1032 + value
+  const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&biased), __half2half2(__ushort_as_half(0x6408)));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ uint32_t pack_f16x2(float low, float high) {
+  const __half2 h = __floats2half2_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
+
+// Row rho (0..15) of MMA row tile j in a 64-token tile -> token offset in the tile. Chosen so that
+// after movmatrix.trans thread t holds P for tokens 16t + {8(j>>1) + 2(j&1)} + {0,4} and {1,5},
+// which is pair 2j and 2j+1 of the V^T bytes the same thread loaded (tokens 16t .. 16t + 15).
+__device__ __forceinline__ int tile_token_of_row(int j, int rho) {
+  const int base = 8 * (j >> 1) + 2 * (j & 1) + (rho >> 3);
+  const int r = rho & 7;
+  return 16 * (r >> 1) + base + 4 * (r & 1);
+}
+
+// Channel of element `high` (0/1) of pair p of thread t's slice of a K row (the Q channel to match).
+template <int kHeadDim>
+__device__ __forceinline__ int q_channel_of_pair(int t, int p, int high) {
+  return t * (kHeadDim / 4) + 8 * (p >> 2) + (p & 3) + 4 * high;
+}
+
+// Loads `kWords` consecutive 32-bit words (8 or 16 bytes, aligned).
+template <int kWords>
+__device__ __forceinline__ void load_words(const uint8_t* src, uint32_t (&dst)[kWords]) {
+  if constexpr (kWords == 4) {
+    const uint4 x = __ldg(reinterpret_cast<const uint4*>(src));
+    dst[0] = x.x; dst[1] = x.y; dst[2] = x.z; dst[3] = x.w;
+  } else {
+    static_assert(kWords == 2, "a thread reads 8 or 16 bytes of a row");
+    const uint2 x = __ldg(reinterpret_cast<const uint2*>(src));
+    dst[0] = x.x; dst[1] = x.y;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+template <int kHeadDim>
+__global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(const SplitKvParams p) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  constexpr int kSteps = kHeadDim / 16;      // k-steps of S = K Q^T, and d row tiles of O^T
+  constexpr int kKWords = kHeadDim / 32;     // words of a K row per thread (a quarter row)
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int b = blockIdx.z, h = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks, split = blockIdx.x;
+  const int q_begin = p.query_start[b], q_len = p.query_start[b + 1] - q_begin, seq_len = p.seq_lens[b];
+  const int rows = q_len * p.group, row0 = chunk * kRowsPerCta;
+  if (row0 >= rows) return;  // this sequence has fewer query rows than the grid allows for
+  const int last_row = min(rows, row0 + kRowsPerCta) - 1;
+  const int kv_end = seq_len - q_len + last_row / p.group + 1;  // causal bound of the chunk
+  const int tile_begin = split * p.tiles_per_split;
+  const int token_end = min(kv_end, (tile_begin + p.tiles_per_split) * kTileTokens);
+
+  // Q as the B operand: column g is row0 + g; pairs follow the K slice this thread loads.
+  uint32_t q_frag[kSteps][2];
+  {
+    const int row = row0 + g;
+    const bool valid = row < rows;
+    const uint8_t* q_row =
+        p.q + (int64_t(q_begin + row / p.group) * p.q_heads + h * p.group + row % p.group) * kHeadDim;
+    #pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+      #pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int pair = 2 * s + half;
+        const float lo = valid ? fp8_e4m3_to_float(q_row[q_channel_of_pair<kHeadDim>(t, pair, 0)]) : 0.0f;
+        const float hi = valid ? fp8_e4m3_to_float(q_row[q_channel_of_pair<kHeadDim>(t, pair, 1)]) : 0.0f;
+        q_frag[s][half] = pack_f16x2(lo, hi);  // exact: e4m3 values are FP16 values
+      }
+  }
+  // Per column (rows 2t, 2t+1): score factor and causal limit.
+  float col_factor[2];
+  int col_last_pos[2];
+  #pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int row = min(row0 + 2 * t + c, rows - 1);
+    const int query = row / p.group;
+    col_factor[c] =
+        bf16_bits_to_float(p.q_scale[int64_t(q_begin + query) * p.q_heads + h * p.group + row % p.group]) *
+        p.score_factor;
+    col_last_pos[c] = seq_len - q_len + query;
+  }
+
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  float o_acc[kSteps][4] = {};
+  const int32_t* pages = p.block_table + int64_t(b) * p.max_pages_per_seq;
+  const int page_size = p.layout.page_size;
+
+  for (int tile = tile_begin + warp; tile * kTileTokens < token_end; tile += kWarps) {
+    const int tile_start = tile * kTileTokens;
+    // Issue every load of the tile first: K rows, scales, and V^T pieces.
+    uint32_t k_words[4][2][kKWords];
+    float k_scale[4][2], v_scale[4][2];
+    #pragma unroll
+    for (int j = 0; j < 4; ++j)
+      #pragma unroll
+      for (int rh = 0; rh < 2; ++rh) {
+        const int pos = tile_start + tile_token_of_row(j, g + 8 * rh);
+        if (pos < token_end) {
+          const int page = pages[pos / page_size], slot = pos % page_size;
+          load_words(p.k + p.layout.k_row_offset(page, h, slot) + t * (kHeadDim / 8), k_words[j][rh]);
+          const int64_t s_off = p.layout.scale_offset(page, h, slot);
+          k_scale[j][rh] = bf16_bits_to_float(p.k_scale[s_off]);
+          v_scale[j][rh] = bf16_bits_to_float(p.v_scale[s_off]);
+        } else {
+          #pragma unroll
+          for (int w = 0; w < kKWords; ++w) k_words[j][rh][w] = 0;
+          k_scale[j][rh] = 0.0f;
+          v_scale[j][rh] = 0.0f;
+        }
+      }
+    uint32_t v_words[kSteps][2][2];  // [d row tile][row g / g+8][word]: tokens 16t .. 16t+15
+    {
+      const int pos = tile_start + 16 * t;
+      if (pos < token_end) {
+        const int page = pages[pos / page_size], slot = pos % page_size;
+        #pragma unroll
+        for (int i = 0; i < kSteps; ++i)
+          #pragma unroll
+          for (int rh = 0; rh < 2; ++rh)
+            load_words(p.v + p.layout.v_channel_offset(page, h, 16 * i + g + 8 * rh) + slot / 2, v_words[i][rh]);
+      } else {
+        #pragma unroll
+        for (int i = 0; i < kSteps; ++i)
+          #pragma unroll
+          for (int rh = 0; rh < 2; ++rh) v_words[i][rh][0] = v_words[i][rh][1] = 0;
+      }
+    }
+
+    // S^T = K Q^T, scaled into the log2 domain, masked.
+    float s[4][4];
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+      #pragma unroll
+      for (int st = 0; st < kSteps; ++st) {
+        const int word = st / 2, nib = 2 * (st % 2);
+        const uint32_t a[4] = {int4_pair_to_f16x2(k_words[j][0][word], nib),
+                               int4_pair_to_f16x2(k_words[j][1][word], nib),
+                               int4_pair_to_f16x2(k_words[j][0][word], nib + 1),
+                               int4_pair_to_f16x2(k_words[j][1][word], nib + 1)};
+        mma_f16_16816(s[j], a, q_frag[st][0], q_frag[st][1]);
+      }
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rh = e >> 1, c = e & 1;
+        const int pos = tile_start + tile_token_of_row(j, g + 8 * rh);
+        s[j][e] = (pos < token_end && pos <= col_last_pos[c]) ? (s[j][e] * k_scale[j][rh]) * col_factor[c]
+                                                              : -INFINITY;
+      }
+    }
+
+    // Online softmax per column; the max is shared by the 8 threads of a column (lanes t + 4g).
+    float tile_max[2] = {-INFINITY, -INFINITY};
+    #pragma unroll
+    for (int j = 0; j < 4; ++j)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) tile_max[e & 1] = fmaxf(tile_max[e & 1], s[j][e]);
+    float alpha[2], base[2];
+    #pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      #pragma unroll
+      for (int off = 4; off < 32; off *= 2) tile_max[c] = fmaxf(tile_max[c], __shfl_xor_sync(0xFFFFFFFFu, tile_max[c], off));
+      const float new_max = fmaxf(row_max[c], tile_max[c]);
+      base[c] = new_max == -INFINITY ? 0.0f : new_max;
+      alpha[c] = exp2f(row_max[c] - base[c]);
+      row_max[c] = new_max;
+      row_sum[c] *= alpha[c];
+    }
+    #pragma unroll
+    for (int i = 0; i < kSteps; ++i)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[i][e] *= alpha[e & 1];
+
+    // P (times the token's V scale) to FP16, transposed into the B operand, then O^T += V^T P^T.
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float pv[4];
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float prob = exp2f(s[j][e] - base[e & 1]);
+        row_sum[e & 1] += prob;
+        pv[e] = prob * v_scale[j][e >> 1];
+      }
+      const uint32_t b0 = transpose_8x8_f16(pack_f16x2(pv[0], pv[1]));
+      const uint32_t b1 = transpose_8x8_f16(pack_f16x2(pv[2], pv[3]));
+      const int word = j >> 1, nib = 2 * (j & 1);
+      #pragma unroll
+      for (int i = 0; i < kSteps; ++i) {
+        const uint32_t a[4] = {int4_pair_to_f16x2(v_words[i][0][word], nib),
+                               int4_pair_to_f16x2(v_words[i][1][word], nib),
+                               int4_pair_to_f16x2(v_words[i][0][word], nib + 1),
+                               int4_pair_to_f16x2(v_words[i][1][word], nib + 1)};
+        mma_f16_16816(o_acc[i], a, b0, b1);
+      }
+    }
+  }
+
+  // Column sums over the 8 threads of a column, then the 4 warps merge through shared memory.
+  #pragma unroll
+  for (int c = 0; c < 2; ++c)
+    #pragma unroll
+    for (int off = 4; off < 32; off *= 2) row_sum[c] += __shfl_xor_sync(0xFFFFFFFFu, row_sum[c], off);
+
+  __shared__ float smem_o[kWarps][kRowsPerCta][kHeadDim];
+  __shared__ float smem_max[kWarps][kRowsPerCta], smem_sum[kWarps][kRowsPerCta];
+  #pragma unroll
+  for (int i = 0; i < kSteps; ++i)
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) smem_o[warp][2 * t + (e & 1)][16 * i + g + 8 * (e >> 1)] = o_acc[i][e];
+  if (g == 0) {
+    #pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      smem_max[warp][2 * t + c] = row_max[c];
+      smem_sum[warp][2 * t + c] = row_sum[c];
+    }
+  }
+  __syncthreads();
+
+  // Warp w finishes rows w and w + 4: merge the 4 warps' partial softmaxes.
+  for (int r = warp; r < kRowsPerCta; r += kWarps) {
+    const int row = row0 + r;
+    if (row >= rows) continue;
+    float merged_max = -INFINITY;
+    #pragma unroll
+    for (int w = 0; w < kWarps; ++w) merged_max = fmaxf(merged_max, smem_max[w][r]);
+    const float ref = merged_max == -INFINITY ? 0.0f : merged_max;
+    float weight[kWarps], merged_sum = 0.0f;
+    #pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      weight[w] = exp2f(smem_max[w][r] - ref);
+      merged_sum += smem_sum[w][r] * weight[w];
+    }
+    const int64_t partial = ((int64_t(b) * p.layout.kv_heads + h) * p.chunks + chunk) * p.splits + split;
+    if (p.splits == 1) {  // the whole sequence: normalise and write the output here
+      const int64_t out_row = int64_t(q_begin + row / p.group) * p.q_heads + h * p.group + row % p.group;
+      for (int c = lane; c < kHeadDim; c += 32) {
+        float o = 0.0f;
+        #pragma unroll
+        for (int w = 0; w < kWarps; ++w) o += smem_o[w][r][c] * weight[w];
+        p.out[out_row * kHeadDim + c] = bf16_from_float(o / merged_sum);
+      }
+    } else {
+      float* dst = p.partial_o + (partial * kRowsPerCta + r) * kHeadDim;
+      for (int c = lane; c < kHeadDim; c += 32) {
+        float o = 0.0f;
+        #pragma unroll
+        for (int w = 0; w < kWarps; ++w) o += smem_o[w][r][c] * weight[w];
+        dst[c] = o;
+      }
+      if (lane == 0) p.partial_ml[partial * kRowsPerCta + r] = make_float2(merged_max, merged_sum);
+    }
+  }
+}
+
+// One warp per query row: merges the splits' partial softmaxes and writes BF16.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kRowsPerCta * 32) combine_splits_kernel(const SplitKvParams p) {
+  const int r = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
+  const int q_begin = p.query_start[b], q_len = p.query_start[b + 1] - q_begin;
+  const int row = chunk * kRowsPerCta + r;
+  if (row >= q_len * p.group) return;
+  const int64_t first = ((int64_t(b) * p.layout.kv_heads + h) * p.chunks + chunk) * p.splits;
+  float merged_max = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) merged_max = fmaxf(merged_max, p.partial_ml[(first + s) * kRowsPerCta + r].x);
+  constexpr int kPerLane = kHeadDim / 32;
+  float o[kPerLane] = {}, merged_sum = 0.0f;
+  for (int s = 0; s < p.splits; ++s) {
+    const float2 ml = p.partial_ml[(first + s) * kRowsPerCta + r];
+    if (ml.x == -INFINITY) continue;  // a split past this row's causal end: nothing written
+    const float weight = exp2f(ml.x - merged_max);
+    merged_sum += ml.y * weight;
+    const float* src = p.partial_o + ((first + s) * kRowsPerCta + r) * kHeadDim;
+    #pragma unroll
+    for (int i = 0; i < kPerLane; ++i) o[i] += src[lane + 32 * i] * weight;
+  }
+  const int64_t out_row = int64_t(q_begin + row / p.group) * p.q_heads + h * p.group + row % p.group;
+  #pragma unroll
+  for (int i = 0; i < kPerLane; ++i) p.out[out_row * kHeadDim + lane + 32 * i] = bf16_from_float(o[i] / merged_sum);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch plan: enough CTAs to cover the SMs a few times over, each warp with whole tiles.
+struct SplitPlan {
+  int chunks, splits, tiles_per_split;
+};
+
+int sm_count() {
+  int device = 0, count = 0;
+  FIREQ_CUDA_CHECK(cudaGetDevice(&device));
+  FIREQ_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+SplitPlan plan_splits(const PagedAttentionArgs& args) {
+  const int group = args.q_heads / args.cache.layout.kv_heads;
+  const int chunks = (args.max_query_len * group + kRowsPerCta - 1) / kRowsPerCta;
+  const int tiles = (args.max_seq_len + kTileTokens - 1) / kTileTokens;
+  const int64_t units = int64_t{args.sequences.batch} * args.cache.layout.kv_heads * chunks;
+  const int64_t target_ctas = 4LL * sm_count();  // ~4 resident CTAs of 4 warps per SM
+  const int max_splits = std::max(1, (tiles + kWarps - 1) / kWarps);
+  int splits = static_cast<int>(std::clamp<int64_t>((target_ctas + units - 1) / units, 1, max_splits));
+  const int tiles_per_split = (tiles + splits - 1) / splits;
+  splits = (tiles + tiles_per_split - 1) / tiles_per_split;
+  return SplitPlan{chunks, splits, tiles_per_split};
+}
+
+int64_t partial_rows(const PagedAttentionArgs& args, const SplitPlan& plan) {
+  return int64_t{args.sequences.batch} * args.cache.layout.kv_heads * plan.chunks * plan.splits * kRowsPerCta;
+}
+
+}  // namespace
+
+size_t paged_attention_workspace_bytes(const PagedAttentionArgs& args) {
+  check_shapes(args);
+  const SplitPlan plan = plan_splits(args);
+  if (plan.splits == 1) return 0;
+  const int64_t rows = partial_rows(args, plan);
+  return size_t(rows) * (args.cache.layout.head_dim * sizeof(float) + sizeof(float2));
+}
+
+void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, void* stream) {
+  check_shapes(args);
+  const SplitPlan plan = plan_splits(args);
+  const PagedKvLayout& layout = args.cache.layout;
+  if (plan.splits > 1 && !workspace) fail("paged_attention_splitkv: workspace is null but ", plan.splits, " splits need one");
+  if (int64_t{layout.kv_heads} * plan.chunks > 65535 || args.sequences.batch > 65535)
+    fail("paged_attention_splitkv: grid too large (kv_heads * row chunks ", int64_t{layout.kv_heads} * plan.chunks,
+         ", batch ", args.sequences.batch, "; at most 65535 each)");
+  SplitKvParams p{};
+  p.q = args.q;
+  p.q_scale = args.q_scale;
+  p.query_start = args.query_start;
+  p.block_table = args.sequences.block_table;
+  p.seq_lens = args.sequences.seq_lens;
+  p.k = args.cache.k;
+  p.v = args.cache.v;
+  p.k_scale = args.cache.k_scale;
+  p.v_scale = args.cache.v_scale;
+  p.layout = layout;
+  p.max_pages_per_seq = args.sequences.max_pages_per_seq;
+  p.q_heads = args.q_heads;
+  p.group = args.q_heads / layout.kv_heads;
+  p.chunks = plan.chunks;
+  p.splits = plan.splits;
+  p.tiles_per_split = plan.tiles_per_split;
+  p.score_factor = args.softmax_scale * kLog2e;
+  const int64_t rows = partial_rows(args, plan);
+  p.partial_o = static_cast<float*>(workspace);
+  p.partial_ml = plan.splits > 1 ? reinterpret_cast<float2*>(p.partial_o + rows * layout.head_dim) : nullptr;
+  p.out = args.out;
+
+  const dim3 grid(plan.splits, layout.kv_heads * plan.chunks, args.sequences.batch);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (layout.head_dim == 128) {
+    paged_attention_splitkv_kernel<128><<<grid, kWarps * 32, 0, s>>>(p);
+  } else {
+    paged_attention_splitkv_kernel<64><<<grid, kWarps * 32, 0, s>>>(p);
+  }
+  FIREQ_CUDA_CHECK_LAUNCH();
+  if (plan.splits > 1) {
+    const dim3 combine_grid(1, layout.kv_heads * plan.chunks, args.sequences.batch);
+    if (layout.head_dim == 128) {
+      combine_splits_kernel<128><<<combine_grid, kRowsPerCta * 32, 0, s>>>(p);
+    } else {
+      combine_splits_kernel<64><<<combine_grid, kRowsPerCta * 32, 0, s>>>(p);
+    }
+    FIREQ_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace fireq::attention

@@ -1,0 +1,213 @@
+// The CUDA kernels against the CPU references over sweeps of shapes; skipped without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "device_buffer.h"
+#include "fireq/error.h"
+#include "problem.h"
+
+namespace fireq::attention {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::HostProblem;
+using testing::ProblemSpec;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!testing::gpu_present()) GTEST_SKIP() << "no CUDA device"
+
+uint32_t fresh_seed() { return std::random_device{}(); }
+
+// The device copy of a HostProblem's arrays (cache, metadata, queries, output).
+struct DeviceProblem {
+  DeviceBuffer<uint16_t> qkv;
+  DeviceBuffer<int32_t> positions, seq_index, block_table, seq_lens, query_start;
+  DeviceBuffer<float> rope, post_rope_k_scale;
+  DeviceBuffer<uint8_t> k, v, q_all, q;
+  DeviceBuffer<uint16_t> k_scale, v_scale, q_scale_all, q_scale, out;
+
+  explicit DeviceProblem(const HostProblem& p)
+      : qkv(p.qkv), positions(p.positions), seq_index(p.seq_index), block_table(p.block_table),
+        seq_lens(p.seq_lens), query_start(p.query_start), rope(p.rope), post_rope_k_scale(p.post_rope_k_scale),
+        k(p.k), v(p.v), q_all(p.q_all), q(p.q), k_scale(p.k_scale), v_scale(p.v_scale),
+        q_scale_all(p.q_scale_all), q_scale(p.q_scale), out(p.out) {}
+
+  PagedKvCache cache(const PagedKvLayout& layout) {
+    return PagedKvCache{layout, k.get(), v.get(), k_scale.get(), v_scale.get()};
+  }
+  PagedSequences sequences(const HostProblem& p) {
+    return PagedSequences{static_cast<int>(p.seq_lens.size()), block_table.get(), p.max_pages, seq_lens.get()};
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Fused RoPE/quantize/cache write: bit-identical to the reference, written in two steps per
+// sequence (a prefix, then the rest from an odd or even position) over a garbage-filled cache.
+struct QuantizeCase {
+  int q_heads, kv_heads, head_dim, page_size;
+  std::vector<int> seq_lens, first_step;
+};
+
+// The tokens of step `step` (0: positions < first_step[b], 1: the rest) as their own arrays.
+struct StepTokens {
+  std::vector<uint16_t> qkv;
+  std::vector<int32_t> positions, seq_index;
+};
+
+StepTokens step_tokens(const HostProblem& p, const std::vector<int>& first_step, int step) {
+  StepTokens s;
+  const size_t width = size_t(p.spec.q_heads + 2 * p.spec.kv_heads) * p.spec.head_dim;
+  for (int t = 0; t < p.tokens; ++t) {
+    const bool in_first = p.positions[t] < first_step[p.seq_index[t]];
+    if (in_first != (step == 0)) continue;
+    s.qkv.insert(s.qkv.end(), p.qkv.begin() + t * width, p.qkv.begin() + (t + 1) * width);
+    s.positions.push_back(p.positions[t]);
+    s.seq_index.push_back(p.seq_index[t]);
+  }
+  return s;
+}
+
+TEST(AttentionGpu, QuantizeQkvMatchesReferenceBitForBit) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<QuantizeCase> cases = {
+      {32, 8, 128, 16, {37, 64, 1, 300}, {11, 64, 0, 255}},
+      {9, 3, 64, 32, {100, 7}, {1, 4}},
+      {64, 8, 128, 64, {129}, {128}},
+  };
+  for (const QuantizeCase& c : cases) {
+    ProblemSpec spec{c.q_heads, c.kv_heads, c.head_dim, c.page_size, c.seq_lens,
+                     std::vector<int>(c.seq_lens.size(), 1)};
+    spec.seed = fresh_seed();
+    SCOPED_TRACE(::testing::Message() << "q_heads " << c.q_heads << " d " << c.head_dim << " seed " << spec.seed);
+    HostProblem host = testing::make_problem(spec);
+    DeviceProblem dev(host);
+    for (int step = 0; step < 2; ++step) {
+      StepTokens tokens = step_tokens(host, c.first_step, step);
+      const int n = static_cast<int>(tokens.positions.size());
+      std::vector<uint8_t> q_ref(size_t(n) * c.q_heads * c.head_dim, 0);
+      std::vector<uint16_t> q_scale_ref(size_t(n) * c.q_heads, 0);
+      QkvQuantizeArgs ref = host.quantize_args();
+      ref.qkv = tokens.qkv.data();
+      ref.tokens = n;
+      ref.positions = tokens.positions.data();
+      ref.seq_index = tokens.seq_index.data();
+      ref.q_fp8 = q_ref.data();
+      ref.q_scale = q_scale_ref.data();
+      quantize_qkv_reference(ref);
+
+      DeviceBuffer<uint16_t> qkv(tokens.qkv);
+      DeviceBuffer<int32_t> positions(tokens.positions), seq_index(tokens.seq_index);
+      DeviceBuffer<uint8_t> q_out(std::vector<uint8_t>(q_ref.size(), 0xAA));
+      DeviceBuffer<uint16_t> q_scale_out(std::vector<uint16_t>(q_scale_ref.size(), 0xFFFF));
+      QkvQuantizeArgs a = ref;
+      a.qkv = qkv.get();
+      a.positions = positions.get();
+      a.seq_index = seq_index.get();
+      a.rope_cos_sin = dev.rope.get();
+      a.post_rope_k_scale = dev.post_rope_k_scale.get();
+      a.q_fp8 = q_out.get();
+      a.q_scale = q_scale_out.get();
+      a.cache = dev.cache(host.layout);
+      a.sequences = dev.sequences(host);
+      quantize_qkv(a, nullptr);
+      FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
+      ASSERT_EQ(q_out.download(), q_ref) << "step " << step;
+      ASSERT_EQ(q_scale_out.download(), q_scale_ref) << "step " << step;
+    }
+    EXPECT_EQ(dev.k.download(), host.k);
+    EXPECT_EQ(dev.v.download(), host.v);
+    EXPECT_EQ(dev.k_scale.download(), host.k_scale);
+    EXPECT_EQ(dev.v_scale.download(), host.v_scale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split-KV attention against paged_attention_reference(PRounding::fp16). They differ only by the
+// running (kernel) versus global (reference) softmax max at which P is rounded to FP16, the FP32
+// summation order, exp2f and the final BF16 rounding. Bound: max error <= 2^-7 of the largest
+// |output| of the sequence, relative L2 error <= 3e-3; every output written and finite.
+struct AttentionCase {
+  const char* name;
+  int q_heads, kv_heads, head_dim, page_size;
+  std::vector<int> seq_lens, q_lens;
+};
+
+void run_attention_case(const AttentionCase& c) {
+  ProblemSpec spec{c.q_heads, c.kv_heads, c.head_dim, c.page_size, c.seq_lens, c.q_lens};
+  spec.seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << c.name << " seed " << spec.seed);
+  HostProblem host = testing::make_problem(spec);
+  quantize_qkv_reference(host.quantize_args());
+  testing::gather_queries(host);
+  DeviceProblem dev(host);  // out is NaN-poisoned
+  PagedAttentionArgs a = host.attention_args();
+  a.q = dev.q.get();
+  a.q_scale = dev.q_scale.get();
+  a.query_start = dev.query_start.get();
+  a.cache = dev.cache(host.layout);
+  a.sequences = dev.sequences(host);
+  a.out = dev.out.get();
+  const size_t workspace_bytes = paged_attention_workspace_bytes(a);
+  DeviceBuffer<uint8_t> workspace(std::vector<uint8_t>(workspace_bytes, 0xFF));  // NaN poison
+  paged_attention_splitkv(a, workspace.get(), nullptr);
+  FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got = dev.out.download();
+
+  paged_attention_reference(host.attention_args(), PRounding::fp16);
+  const size_t row = size_t(c.q_heads) * c.head_dim;
+  for (size_t b = 0; b < c.seq_lens.size(); ++b) {
+    const size_t begin = host.query_start[b] * row, end = host.query_start[b + 1] * row;
+    std::vector<double> ref(end - begin);
+    for (size_t i = begin; i < end; ++i) ref[i - begin] = bf16_to_float(host.out[i]);
+    const testing::ErrorStats s = testing::compare(got, ref, begin);
+    ASSERT_TRUE(s.finite) << "sequence " << b << ": an output is NaN/inf (unwritten?)";
+    EXPECT_LE(s.max_abs, s.ref_max / 128) << "sequence " << b << " (seq_len " << c.seq_lens[b] << ")";
+    EXPECT_LE(s.rel_l2, 3e-3) << "sequence " << b << " (seq_len " << c.seq_lens[b] << ")";
+  }
+}
+
+TEST(AttentionGpu, DecodeMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<AttentionCase> cases = {
+      {"llama3_varlen_page16", 32, 8, 128, 16, {1, 17, 64, 1000, 4097}, {1, 1, 1, 1, 1}},
+      {"llama3_16k_page64", 32, 8, 128, 64, {16384, 5000}, {1, 1}},
+      {"gqa64_8_page32", 64, 8, 128, 32, {3000, 65}, {1, 1}},
+      {"smollm2_9_3_d64_page16", 9, 3, 64, 16, {1, 300, 8191}, {1, 1, 1}},
+      {"two_new_tokens_page128", 32, 8, 128, 128, {2048, 333}, {2, 2}},
+      {"three_new_tokens_two_chunks", 32, 8, 128, 64, {1024}, {3}},
+  };
+  for (const AttentionCase& c : cases) run_attention_case(c);
+}
+
+TEST(AttentionGpu, ChunkedPrefillMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<AttentionCase> cases = {
+      {"prefill_over_prefix", 8, 2, 128, 16, {200, 90}, {37, 90}},
+      {"smollm2_varlen_prefill", 9, 3, 64, 32, {45, 130, 7}, {45, 130, 7}},
+      {"llama3_chunk_of_64_over_1000", 32, 8, 128, 64, {1064}, {64}},
+  };
+  for (const AttentionCase& c : cases) run_attention_case(c);
+}
+
+TEST(AttentionGpu, LaunchersRejectBadShapes) {
+  SKIP_WITHOUT_GPU();
+  ProblemSpec spec;
+  spec.seq_lens = {40};
+  spec.q_lens = {1};
+  HostProblem host = testing::make_problem(spec);
+  DeviceProblem dev(host);
+  PagedAttentionArgs a = host.attention_args();
+  a.cache = dev.cache(host.layout);
+  a.cache.layout.head_dim = 96;
+  EXPECT_THROW(paged_attention_splitkv(a, nullptr, nullptr), Error);
+  QkvQuantizeArgs qa = host.quantize_args();
+  qa.cache = dev.cache(host.layout);
+  qa.q_heads = 7;
+  EXPECT_THROW(quantize_qkv(qa, nullptr), Error);
+}
+
+}  // namespace
+}  // namespace fireq::attention
