@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "fireq/gguf.h"
+#include "test_util.h"
 
 namespace fireq::testing {
 
@@ -21,6 +22,26 @@ inline GgufValue gguf_string_array(const std::vector<std::string>& strings) {
   GgufValue::Array elements;
   for (const std::string& s : strings) elements.push_back(gguf_string(s));
   return gguf_array(GgufType::STRING, std::move(elements));
+}
+
+// Random fp16 bits of a finite, moderate value (the block scales of real files).
+inline uint16_t random_f16_scale() {
+  std::uniform_int_distribution<int> exponent(5, 20), mantissa(0, 1023), sign(0, 1);
+  return static_cast<uint16_t>((sign(rng()) << 15) | (exponent(rng()) << 10) | mantissa(rng()));
+}
+
+// `blocks` random blocks of a 32-element ggml block type, with finite fp16 scale (and min) fields.
+inline std::string random_ggml_blocks(GgmlType type, int64_t blocks) {
+  const int64_t block_bytes = ggml_block_bytes(type);
+  const auto noise = random_bytes(static_cast<size_t>(blocks * block_bytes));
+  std::string bytes(reinterpret_cast<const char*>(noise.data()), noise.size());
+  const int scale_fields = (type == GgmlType::Q4_1 || type == GgmlType::Q5_1) ? 2 : 1;
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int f = 0; f < scale_fields; ++f) {
+      const uint16_t h = random_f16_scale();
+      std::memcpy(bytes.data() + b * block_bytes + 2 * f, &h, 2);
+    }
+  return bytes;
 }
 
 class GgufBuilder {
