@@ -1,0 +1,297 @@
+// Times the attention kernels on the device: split-KV decode over a paged INT4 cache (GB/s on the
+// KV bytes against the HBM bandwidth measured in the same run), the fused RoPE/quantize/cache
+// write, and the split-KV path at prefill shapes. Llama-3-8B heads: 32 q / 8 kv, d = 128.
+// Usage: bench_attention <out.json>. The peers run in the same device call (peers_torch_fbgemm.py)
+// and merge_results.py joins both files.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fireq/cuda_check.h"
+#include "fireq/kernels/attention.h"
+
+namespace fa = fireq::attention;
+
+namespace {
+
+constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128;
+constexpr int64_t kRotateBytes = 256LL << 20;  // rotate over >= 256 MB of cache: no L2 reuse (50 MB)
+
+// Fills bytes with a hash; `mask` keeps FP8 codes finite or INT4 arbitrary.
+__global__ void fill_random_bytes(uint8_t* p, int64_t n, uint32_t seed, uint8_t mask) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
+    p[i] = uint8_t(x) & mask;
+  }
+}
+
+// BF16 values in [lo, hi) (scales).
+__global__ void fill_random_bf16(uint16_t* p, int64_t n, uint32_t seed, float lo, float hi) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
+    p[i] = fireq::bf16_from_float(lo + (hi - lo) * (x & 0xFFFFFF) / 16777216.0f);
+  }
+}
+
+template <typename T>
+T* device_alloc(int64_t count) {
+  T* p = nullptr;
+  FIREQ_CUDA_CHECK(cudaMalloc(&p, std::max<int64_t>(count, 1) * sizeof(T)));
+  return p;
+}
+
+// Median µs per call of `body` (which launches `calls_per_graph` calls) from graph replays.
+template <typename Body>
+double graph_median_us(Body&& body, int calls_per_graph, cudaStream_t stream) {
+  body();  // warm-up, outside the graph
+  FIREQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  FIREQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  body();
+  FIREQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  FIREQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  cudaEvent_t start, stop;
+  FIREQ_CUDA_CHECK(cudaEventCreate(&start));
+  FIREQ_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> times;
+  for (int i = 0; i < 11; ++i) {
+    FIREQ_CUDA_CHECK(cudaEventRecord(start, stream));
+    FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    FIREQ_CUDA_CHECK(cudaEventRecord(stop, stream));
+    FIREQ_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    FIREQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms * 1e3 / calls_per_graph);
+  }
+  FIREQ_CUDA_CHECK(cudaEventDestroy(start));
+  FIREQ_CUDA_CHECK(cudaEventDestroy(stop));
+  FIREQ_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  FIREQ_CUDA_CHECK(cudaGraphDestroy(graph));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Device-to-device copy of 2 GiB: bytes read plus written per second.
+double measure_hbm_gbps(cudaStream_t stream) {
+  const int64_t bytes = 2LL << 30;
+  uint8_t* a = device_alloc<uint8_t>(bytes);
+  uint8_t* b = device_alloc<uint8_t>(bytes);
+  fill_random_bytes<<<1024, 256, 0, stream>>>(a, bytes, 7, 0xFF);
+  FIREQ_CUDA_CHECK_LAUNCH();
+  const double us = graph_median_us(
+      [&] { FIREQ_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream)); }, 1, stream);
+  FIREQ_CUDA_CHECK(cudaFree(a));
+  FIREQ_CUDA_CHECK(cudaFree(b));
+  return 2.0 * bytes / us / 1e3;
+}
+
+struct Row {
+  std::string json;
+};
+
+// One paged cache pool holding `instances` copies of a batch's pages, in shuffled order.
+struct PagedBench {
+  fa::PagedKvCache cache;
+  std::vector<int32_t*> block_tables;
+  int32_t* seq_lens = nullptr;
+  int32_t* query_start = nullptr;
+  uint8_t* q = nullptr;
+  uint16_t* q_scale = nullptr;
+  uint16_t* out = nullptr;
+  void* workspace = nullptr;
+  int max_pages = 0;
+
+  PagedBench(int batch, int ctx, int q_len, int page_size, int instances, cudaStream_t stream) {
+    max_pages = (ctx + page_size - 1) / page_size;
+    const int pages = max_pages * batch * instances;
+    cache.layout = fa::PagedKvLayout{pages, page_size, kKvHeads, kHeadDim};
+    cache.k = device_alloc<uint8_t>(cache.layout.data_bytes());
+    cache.v = device_alloc<uint8_t>(cache.layout.data_bytes());
+    cache.k_scale = device_alloc<uint16_t>(cache.layout.scale_count());
+    cache.v_scale = device_alloc<uint16_t>(cache.layout.scale_count());
+    fill_random_bytes<<<1024, 256, 0, stream>>>(cache.k, cache.layout.data_bytes(), 1, 0xFF);
+    fill_random_bytes<<<1024, 256, 0, stream>>>(cache.v, cache.layout.data_bytes(), 2, 0xFF);
+    fill_random_bf16<<<1024, 256, 0, stream>>>(cache.k_scale, cache.layout.scale_count(), 3, 0.05f, 0.3f);
+    fill_random_bf16<<<1024, 256, 0, stream>>>(cache.v_scale, cache.layout.scale_count(), 4, 0.05f, 0.3f);
+    FIREQ_CUDA_CHECK_LAUNCH();
+    std::vector<int32_t> ids(pages);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), std::mt19937(5));
+    for (int i = 0; i < instances; ++i) {
+      int32_t* table = device_alloc<int32_t>(int64_t(batch) * max_pages);
+      FIREQ_CUDA_CHECK(cudaMemcpy(table, ids.data() + int64_t(i) * batch * max_pages,
+                                  sizeof(int32_t) * batch * max_pages, cudaMemcpyHostToDevice));
+      block_tables.push_back(table);
+    }
+    std::vector<int32_t> lens(batch, ctx), starts(batch + 1);
+    for (int b = 0; b <= batch; ++b) starts[b] = b * q_len;
+    seq_lens = device_alloc<int32_t>(batch);
+    query_start = device_alloc<int32_t>(batch + 1);
+    FIREQ_CUDA_CHECK(cudaMemcpy(seq_lens, lens.data(), sizeof(int32_t) * batch, cudaMemcpyHostToDevice));
+    FIREQ_CUDA_CHECK(cudaMemcpy(query_start, starts.data(), sizeof(int32_t) * (batch + 1), cudaMemcpyHostToDevice));
+    const int64_t q_elems = int64_t(batch) * q_len * kQHeads * kHeadDim;
+    q = device_alloc<uint8_t>(q_elems);
+    fill_random_bytes<<<256, 256, 0, stream>>>(q, q_elems, 6, 0x77);  // finite e4m3 codes
+    q_scale = device_alloc<uint16_t>(int64_t(batch) * q_len * kQHeads);
+    fill_random_bf16<<<256, 256, 0, stream>>>(q_scale, int64_t(batch) * q_len * kQHeads, 8, 0.01f, 0.02f);
+    out = device_alloc<uint16_t>(q_elems);
+    FIREQ_CUDA_CHECK_LAUNCH();
+  }
+  ~PagedBench() {
+    for (int32_t* t : block_tables) cudaFree(t);
+    for (void* p : {static_cast<void*>(cache.k), static_cast<void*>(cache.v), static_cast<void*>(cache.k_scale),
+                    static_cast<void*>(cache.v_scale), static_cast<void*>(seq_lens), static_cast<void*>(query_start),
+                    static_cast<void*>(q), static_cast<void*>(q_scale), static_cast<void*>(out), workspace})
+      cudaFree(p);
+  }
+  fa::PagedAttentionArgs args(int batch, int ctx, int q_len, int instance) const {
+    fa::PagedAttentionArgs a;
+    a.q = q;
+    a.q_scale = q_scale;
+    a.query_start = query_start;
+    a.q_heads = kQHeads;
+    a.max_query_len = q_len;
+    a.max_seq_len = ctx;
+    a.cache = cache;
+    a.sequences = fa::PagedSequences{batch, block_tables[instance], max_pages, seq_lens};
+    a.softmax_scale = 0.08838834764831845f;
+    a.out = out;
+    return a;
+  }
+};
+
+std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaStream_t stream) {
+  const int64_t kv_bytes = int64_t(batch) * ctx * kKvHeads * (kHeadDim + 4);  // K, V nibbles + 2 BF16 scales
+  const int instances = static_cast<int>(std::clamp<int64_t>((kRotateBytes + kv_bytes - 1) / kv_bytes, 1, 256));
+  PagedBench bench(batch, ctx, 1, page_size, instances, stream);
+  const size_t ws = fa::paged_attention_workspace_bytes(bench.args(batch, ctx, 1, 0));
+  bench.workspace = ws ? device_alloc<uint8_t>(ws) : nullptr;
+  const int calls = std::max(instances, 20);
+  const double us = graph_median_us(
+      [&] {
+        for (int i = 0; i < calls; ++i)
+          fa::paged_attention_splitkv(bench.args(batch, ctx, 1, i % instances), bench.workspace, stream);
+      },
+      calls, stream);
+  const double gbps = kv_bytes / us / 1e3;
+  std::printf("decode B=%2d ctx=%6d page=%3d: %8.1f us  %6.0f GB/s on KV bytes (%.0f%% of HBM %.0f)\n", batch, ctx,
+              page_size, us, gbps, 100 * gbps / hbm_gbps, hbm_gbps);
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "{\"case\": \"decode\", \"B\": %d, \"ctx\": %d, \"page_size\": %d, \"variant\": \"ours:splitkv_int4\", "
+                "\"us\": %.3f, \"kv_bytes\": %lld, \"gbps\": %.1f, \"hbm_fraction\": %.3f, \"rotated_instances\": %d}",
+                batch, ctx, page_size, us, static_cast<long long>(kv_bytes), gbps, gbps / hbm_gbps, instances);
+  return buf;
+}
+
+// The split-KV kernel at prefill shapes (each 8-row chunk streams its causal KV prefix).
+std::string prefill_row(int batch, int seq, cudaStream_t stream) {
+  PagedBench bench(batch, seq, seq, 64, 1, stream);
+  const size_t ws = fa::paged_attention_workspace_bytes(bench.args(batch, seq, seq, 0));
+  bench.workspace = ws ? device_alloc<uint8_t>(ws) : nullptr;
+  const double us = graph_median_us(
+      [&] { fa::paged_attention_splitkv(bench.args(batch, seq, seq, 0), bench.workspace, stream); }, 1, stream);
+  const double flops = 2.0 * 2.0 * batch * kQHeads * double(seq) * seq * kHeadDim / 2;  // causal
+  std::printf("prefill (split-KV path) B=%2d S=%6d: %10.1f us  %6.1f TFLOP/s\n", batch, seq, us, flops / us / 1e6);
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "{\"case\": \"prefill\", \"B\": %d, \"S\": %d, \"variant\": \"ours:splitkv_int4\", \"us\": %.3f, "
+                "\"tflops\": %.2f}",
+                batch, seq, us, flops / us / 1e6);
+  return buf;
+}
+
+// Fused RoPE/quantize/cache write for `tokens` tokens of one sequence (prefill) or one token each
+// of `tokens` sequences (decode).
+std::string quantize_row(int tokens, bool decode, double hbm_gbps, cudaStream_t stream) {
+  const int batch = decode ? tokens : 1, ctx = decode ? 4096 : tokens, page_size = 64;
+  PagedBench bench(batch, ctx, 1, page_size, 1, stream);
+  const int64_t width = int64_t(kQHeads + 2 * kKvHeads) * kHeadDim;
+  uint16_t* qkv = device_alloc<uint16_t>(tokens * width);
+  fill_random_bf16<<<1024, 256, 0, stream>>>(qkv, tokens * width, 9, -2.0f, 2.0f);
+  std::vector<int32_t> positions(tokens), seq_index(tokens);
+  for (int t = 0; t < tokens; ++t) {
+    positions[t] = decode ? ctx - 1 : t;
+    seq_index[t] = decode ? t : 0;
+  }
+  int32_t* d_positions = device_alloc<int32_t>(tokens);
+  int32_t* d_seq_index = device_alloc<int32_t>(tokens);
+  FIREQ_CUDA_CHECK(cudaMemcpy(d_positions, positions.data(), sizeof(int32_t) * tokens, cudaMemcpyHostToDevice));
+  FIREQ_CUDA_CHECK(cudaMemcpy(d_seq_index, seq_index.data(), sizeof(int32_t) * tokens, cudaMemcpyHostToDevice));
+  const std::vector<float> table = fa::rope_cos_sin_table(kHeadDim, 500000.0, {true, 8.0, 1.0, 4.0, 8192}, ctx);
+  float* d_table = device_alloc<float>(table.size());
+  FIREQ_CUDA_CHECK(cudaMemcpy(d_table, table.data(), sizeof(float) * table.size(), cudaMemcpyHostToDevice));
+  uint8_t* q8 = device_alloc<uint8_t>(int64_t(tokens) * kQHeads * kHeadDim);
+  uint16_t* q_scale = device_alloc<uint16_t>(int64_t(tokens) * kQHeads);
+  fa::QkvQuantizeArgs a;
+  a.qkv = qkv;
+  a.tokens = tokens;
+  a.q_heads = kQHeads;
+  a.positions = d_positions;
+  a.seq_index = d_seq_index;
+  a.rope_cos_sin = d_table;
+  a.max_position = ctx;
+  a.q_fp8 = q8;
+  a.q_scale = q_scale;
+  a.cache = bench.cache;
+  a.sequences = fa::PagedSequences{batch, bench.block_tables[0], bench.max_pages, bench.seq_lens};
+  const double us = graph_median_us([&] { fa::quantize_qkv(a, stream); }, 1, stream);
+  const int64_t bytes = tokens * (width * 2 + kQHeads * (kHeadDim + 2) + 2 * kKvHeads * (kHeadDim / 2 + 2));
+  std::printf("quantize_qkv %s tokens=%5d: %8.1f us  %6.0f GB/s\n", decode ? "decode " : "prefill", tokens, us,
+              bytes / us / 1e3);
+  for (void* p : {static_cast<void*>(qkv), static_cast<void*>(d_positions), static_cast<void*>(d_seq_index),
+                  static_cast<void*>(d_table), static_cast<void*>(q8), static_cast<void*>(q_scale)})
+    cudaFree(p);
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "{\"case\": \"quantize_qkv_%s\", \"tokens\": %d, \"variant\": \"ours:rope_quant_cache_write\", "
+                "\"us\": %.3f, \"gbps\": %.1f, \"hbm_fraction\": %.3f}",
+                decode ? "decode" : "prefill", tokens, us, bytes / us / 1e3, bytes / us / 1e3 / hbm_gbps);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <out.json>\n", argv[0]);
+    return 2;
+  }
+  try {
+    cudaStream_t stream;
+    FIREQ_CUDA_CHECK(cudaStreamCreate(&stream));
+    cudaDeviceProp prop;
+    FIREQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    const double hbm = measure_hbm_gbps(stream);
+    std::printf("%s: device-to-device copy %.0f GB/s (read + write)\n", prop.name, hbm);
+    std::vector<std::string> rows;
+    for (const int batch : {1, 4, 16, 64})
+      for (const int ctx : {1024, 4096, 16384, 32768, 65536, 131072})
+        if (int64_t(batch) * ctx <= 64LL * 32768) rows.push_back(decode_row(batch, ctx, 64, hbm, stream));
+    rows.push_back(decode_row(16, 16384, 16, hbm, stream));
+    rows.push_back(decode_row(16, 16384, 256, hbm, stream));
+    for (const int tokens : {1, 16, 64}) rows.push_back(quantize_row(tokens, true, hbm, stream));
+    for (const int tokens : {4096, 16384}) rows.push_back(quantize_row(tokens, false, hbm, stream));
+    for (const int seq : {512, 1024, 4096}) rows.push_back(prefill_row(1, seq, stream));
+    FIREQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::ofstream out(argv[1]);
+    out << "{\"device\": \"" << prop.name << "\", \"hbm_copy_gbps\": " << hbm << ", \"rows\": [\n";
+    for (size_t i = 0; i < rows.size(); ++i) out << "  " << rows[i] << (i + 1 < rows.size() ? ",\n" : "\n");
+    out << "]}\n";
+    if (!out) fireq::fail("bench_attention: could not write ", argv[1]);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_attention: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call for the attention area: GPU tests, compute-sanitizer on small cases, our
+# benchmark, then the peers in the same call. Binaries come prebuilt in build-attn/bin (carried);
+# the peers need .whl/ carried (fbgemm-gpu-genai 1.6.0, nvidia-cudnn-frontend).
+# Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bin=build-attn/bin
+out=${OUT:-/tmp/attention-out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee "$out/bench.log"
+
+echo "== GPU tests"
+$bin/kernels_attention_gpu_test 2>&1 | tee "$out/gpu_test.log" | grep -E "^\[  |Failure|error|Expected|Which|actual|seed" | head -60
+
+echo "== compute-sanitizer (memcheck, small cases)"
+compute-sanitizer --tool memcheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
+  --gtest_filter='*Quantize*:*ChunkedPrefill*:*Launchers*' > "$out/sanitizer.log" 2>&1
+echo "memcheck exit $?"; tail -4 "$out/sanitizer.log"
+
+echo "== ours"
+$bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"
+
+if [[ "${ATTN_PEERS:-1}" == 1 ]]; then
+  echo "== peers"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/fbgemm_gpu_genai-*.whl .whl/nvidia_cudnn_frontend-*.whl && export PYTHONPATH=/tmp/site
+  PYTHONUNBUFFERED=1 PARTS=decode,prefill OUT="$out" python3 bench/attention/peers_torch_fbgemm.py 2>&1 | tee "$out/peers.log" | grep -v "^ERROR" | tail -30
+fi
