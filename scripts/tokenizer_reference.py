@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Reference token ids for the tokenizer tests, from the `tokenizers` and `sentencepiece` packages.
+
+    .venv/bin/python scripts/tokenizer_reference.py OUT_DIR [--only NAME] [--wiki-chars N]
+
+Builds three tokenizers (or the one named) in OUT_DIR and writes OUT_DIR/cases.json with the ids
+each assigns to a varied corpus (the C++ tests encode the same strings and must get the same ids):
+  smollm2/      tokenizer.json rebuilt from SmolLM2's GGUF metadata (vocabulary, merges, control
+                tokens, bos/eos) with the `tokenizers` library. It equals the Hugging Face
+                SmolLM2 tokenizer.json only as far as its pre-tokenizer/normalizer configuration
+                is reproduced here: Sequence[Digits(individual_digits), ByteLevel(no prefix space)],
+                no normalizer, ByteLevel decoder.
+  llama3_style/ a Llama-3-style tokenizer.json (Split with the Llama-3 regex + ByteLevel,
+                ignore_merges, special tokens after the vocabulary) trained with BpeTrainer on
+                data/text/lee_background.cor.
+  spm/          a SentencePiece BPE model with byte fallback, Llama-2 settings (identity
+                normalization, dummy prefix, digits split), trained on the same text; reference
+                ids from the `sentencepiece` package.
+"""
+import argparse
+import bz2
+import json
+import os
+import struct
+import sys
+import time
+
+import sentencepiece as spm
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+GGUF_PATH = os.path.join(ROOT, "data", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+LEE_PATH = os.path.join(ROOT, "data", "text", "lee_background.cor")
+WIKI_PATH = os.path.join(ROOT, "data", "text", "enwiki-shortened.xml.bz2")
+
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eot_id|>"]
+
+# The hand-written part of the corpus: each entry probes something a tokenizer can get wrong.
+CORPUS = [
+    ("empty", ""),
+    ("prose", "The quick brown fox jumps over the lazy dog. It was the best of times, it was the "
+              "worst of times; Dr. Smith's report (2nd ed.) said so!"),
+    ("contractions", "I'm sure you're right, they've gone, we'll see, he'd know, it's fine, "
+                     "DON'T, You'Re, I'LL, she'D, 'twas, rock'n'roll, o'clock"),
+    ("contractions_edge", "'s 'S 'ſ x'ſt 'st 'll'll ''s x's'd '' ' s’s don’t 'Re 'rE 'LL"),
+    ("ascii_controls", "a\x1cb\x1d c\x00d\x7f e\x0bf\x0cg\x85h"),
+    ("numbers", "12345678901234567890 3.14159 1,000,000 -42 +7e-10 0x1F 2024-11-25 v1.2.3 "
+                "007 1 22 333 4444 55555"),
+    ("unicode_digits", "١٢٣٤٥ ²³ ½ Ⅻ ١٢٣٤ １２３４ ৪২ ߁߂ 𝟘𝟙𝟚"),
+    ("code_python", "def f(x):\n    return [i ** 2 for i in range(x) if i % 3 == 0]\n\n"
+                    "class A(object):\n\tpass  # comment\n"),
+    ("code_cpp", "int main(int argc, char** argv) {\n  std::vector<int> v{1, 2, 3};\n"
+                 "  for (auto& x : v) x <<= 2;\n  return v.size() != 3 ? -1 : 0;\n}\n"),
+    ("cjk", "日本語のテキストです。中文文本，简体字。한국어 텍스트입니다."),
+    ("arabic_rtl", "مرحبا بالعالم! هذا نص عربي. שלום עולם"),
+    ("devanagari", "नमस्ते दुनिया, यह हिन्दी पाठ है। क्षत्रिय"),
+    ("combining", "e\u0301 a\u0308 Z\u0324\u0354\u0367\u0311\u0313a\u0308\u0356\u032d\u0308\u0307l"
+                  " n\u0303o\u0300 \u0301alone"),
+    ("emoji", "I 👍🏽 it 😀😃 👨‍👩‍👧‍👦 family 🏳️‍🌈 🇫🇷🇩🇪 ❤️ 🤷🏻‍♂️ ✌🏿"),
+    ("whitespace_runs", "a  b   c    d\t\te \t f"),
+    ("crlf", "line one\r\nline two\r\n\r\nline four\r\n"),
+    ("newlines", "\n\n\nx\n\n\n"),
+    ("leading_trailing", "   leading and trailing   "),
+    ("lone_cr", "lone\rcarriage\r return\r"),
+    ("only_spaces", "     "),
+    ("only_newline", "\n"),
+    ("unicode_spaces", "a\u00a0b\u2009c\u3000d\u2028e\u0085f \u200bg"),
+    ("space_newline_mix", "  \n  \n\t\n \r\n x \n"),
+    ("punctuation", "Hello!!! What?!... (a) [b] {c} <d> \"e\" 'f' --g-- __h__ ***i*** ~~~"),
+    ("mixed_scripts", "naïve café résumé Ærøskøbing Straße ΑΒΓ αβγ Привет мир"),
+    ("urls", "https://example.com/path?q=1&r=2#frag user@example.org C:\\Windows\\path"),
+    ("long_word", "Pneumonoultramicroscopicsilicovolcanoconiosis supercalifragilisticexpialidocious"),
+    ("repeated", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa " + "ab" * 40 + " " + "=" * 60),
+]
+
+SPECIAL_TEXT = {
+    "smollm2": [
+        ("chat", "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
+                 "What is 2+2?<|im_end|>\n<|im_start|>assistant\n"),
+        ("special_glued", "x<|endoftext|>y <|im_end|><|im_start|> <|im_start"),
+    ],
+    "llama3_style": [
+        ("chat", "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there!"
+                 "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+        ("special_glued", "a<|eot_id|>b <|end_of_text|> <|eot_id"),
+    ],
+    "spm": [
+        ("user_defined", "<|im_start|>user\nHello<|im_end|> x"),
+    ],
+}
+
+
+# ---- GGUF metadata (the header only; tensors are not read) -------------------------------------
+GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                10: "<Q", 11: "<q", 12: "<d"}
+
+
+def read_gguf_metadata(path):
+    with open(path, "rb") as f:
+        def read(fmt):
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def read_string():
+            return f.read(read("<Q")).decode("utf-8")
+
+        def read_value(kind):
+            if kind == 8:
+                return read_string()
+            if kind == 9:
+                element, count = read("<I"), read("<Q")
+                return [read_value(element) for _ in range(count)]
+            return read(GGUF_SCALARS[kind])
+
+        if f.read(4) != b"GGUF":
+            sys.exit(f"{path}: not a GGUF file")
+        read("<I")  # version
+        read("<Q")  # tensor count
+        return {read_string(): read_value(read("<I")) for _ in range(read("<Q"))}
+
+
+def build_smollm2(out_dir):
+    meta = read_gguf_metadata(GGUF_PATH)
+    if meta["tokenizer.ggml.model"] != "gpt2" or meta["tokenizer.ggml.pre"] != "smollm":
+        sys.exit("unexpected SmolLM2 tokenizer metadata")
+    tokens = meta["tokenizer.ggml.tokens"]
+    merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    control = [t for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == 3]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    config = {"bos_token": tokens[meta["tokenizer.ggml.bos_token_id"]],
+              "eos_token": tokens[meta["tokenizer.ggml.eos_token_id"]]}
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    return tok
+
+
+def build_llama3_style(out_dir):
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([LEE_PATH], trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL])
+    bos = tok.token_to_id(LLAMA3_SPECIAL[0])
+    tok.post_processor = TemplateProcessing(single=f"{LLAMA3_SPECIAL[0]} $A",
+                                            special_tokens=[(LLAMA3_SPECIAL[0], bos)])
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    return tok
+
+
+def build_spm(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=LEE_PATH, model_prefix=os.path.join(out_dir, "tokenizer"), vocab_size=1000,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
+        allow_whitespace_only_pieces=True, character_coverage=1.0,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"], minloglevel=2)
+    return spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
+
+
+def corpus_files(wiki_chars):
+    with open(LEE_PATH, encoding="utf-8") as f:
+        lee = f.read()
+    with bz2.open(WIKI_PATH, "rt", encoding="utf-8") as f:
+        wiki = f.read(wiki_chars)
+    return [("lee_background.cor", lee), (f"enwiki[:{len(wiki)}]", wiki)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--only", choices=["smollm2", "llama3_style", "spm"])
+    parser.add_argument("--wiki-chars", type=int, default=1_000_000,
+                        help="characters of the Wikipedia dump to compare (default 1M, -1: all)")
+    args = parser.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    start = time.time()
+    texts = CORPUS + corpus_files(args.wiki_chars)
+    builders = {
+        "smollm2": (build_smollm2, "smollm2"),
+        "llama3_style": (build_llama3_style, "llama3_style"),
+        "spm": (build_spm, "spm/tokenizer.model"),
+    }
+    result = {"tokenizers": []}
+    for name, (build, path) in builders.items():
+        if args.only and name != args.only:
+            continue
+        tok = build(os.path.join(args.out_dir, name))
+        cases = []
+        for label, text in texts + SPECIAL_TEXT[name]:
+            if isinstance(tok, Tokenizer):
+                ids = tok.encode(text, add_special_tokens=False).ids
+                decoded = tok.decode(ids, skip_special_tokens=False)
+            else:
+                ids = tok.encode(text)
+                decoded = tok.decode(ids)
+            case = {"label": label, "text": text, "ids": ids}
+            if decoded != text:  # e.g. bytes the vocabulary lacks are dropped
+                case["decoded"] = decoded
+            cases.append(case)
+        bos = (tok.token_to_id(LLAMA3_SPECIAL[0]) if name == "llama3_style" else None)
+        entry = {"name": name, "path": path, "reference": type(tok).__module__.split(".")[0],
+                 "cases": cases}
+        if bos is not None:
+            entry["bos_ids"] = tok.encode("Hi", add_special_tokens=True).ids
+        result["tokenizers"].append(entry)
+    tmp = os.path.join(args.out_dir, "cases.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, ensure_ascii=False)
+    os.replace(tmp, os.path.join(args.out_dir, "cases.json"))
+    print(f"tokenizer_reference: {sum(len(t['cases']) for t in result['tokenizers'])} cases in "
+          f"{time.time() - start:.1f} s -> {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

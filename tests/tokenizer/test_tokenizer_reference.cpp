@@ -1,0 +1,134 @@
+// Our ids against the Python reference packages: `tokenizers` for the byte-level BPE tokenizers
+// (SmolLM2's, rebuilt from its GGUF metadata, and a Llama-3-style one trained at test time),
+// `sentencepiece` for a SentencePiece BPE model with byte fallback trained at test time.
+// scripts/tokenizer_reference.py builds the tokenizers and writes the reference ids.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "fireq/tokenizer.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+fs::path source_dir() {
+  const char* env = std::getenv("FIREQ_SOURCE_DIR");
+  return env ? fs::path(env) : fs::path(FIREQ_SOURCE_DIR);
+}
+
+struct Reference {
+  fs::path dir;
+  json tokenizer;  // {"name", "path", "reference", "cases": [{"label", "text", "ids"}], ...}
+};
+
+// Runs the reference script for one tokenizer; an empty optional means "skip" (no .venv).
+std::optional<Reference> make_reference(const std::string& name, long wiki_chars) {
+  const fs::path python = source_dir() / ".venv/bin/python";
+  if (!fs::exists(python)) return std::nullopt;
+  const fs::path dir = fs::temp_directory_path() /
+                       ("fireq_tokenizer_reference_" + name + "_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string command = python.string() + " " +
+                              (source_dir() / "scripts/tokenizer_reference.py").string() + " " +
+                              dir.string() + " --only " + name + " --wiki-chars " +
+                              std::to_string(wiki_chars) + " > " + (dir / "log.txt").string() +
+                              " 2>&1";
+  if (std::system(command.c_str()) != 0) {
+    std::ifstream log(dir / "log.txt");
+    std::stringstream text;
+    text << log.rdbuf();
+    ADD_FAILURE() << "reference script failed: " << command << "\n" << text.str();
+    return Reference{};
+  }
+  std::ifstream in(dir / "cases.json");
+  const json cases = json::parse(in);
+  return Reference{dir, cases.at("tokenizers").at(0)};
+}
+
+std::string shown(const std::string& text) {
+  return text.size() <= 80 ? text : text.substr(0, 80) + "...";
+}
+
+// Compares every case's ids, the round trip and streaming pieces; returns the token count.
+size_t compare_cases(const fireq::Tokenizer& tokenizer, const json& cases, bool check_pieces,
+                     size_t* strings, size_t* lossy) {
+  size_t tokens = 0;
+  for (const json& c : cases) {
+    const std::string label = c.at("label");
+    const std::string text = c.at("text");
+    const auto expected = c.at("ids").get<std::vector<int32_t>>();
+    const auto start = std::chrono::steady_clock::now();
+    const std::vector<int32_t> ids = tokenizer.encode(text, false);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (text.size() > 100000) {
+      std::printf("  %s: %zu bytes -> %zu tokens in %.3f s (%.1f MB/s)\n", label.c_str(),
+                  text.size(), ids.size(), seconds, text.size() / seconds / 1e6);
+    }
+    EXPECT_EQ(ids, expected) << label << ": " << shown(text);
+    if (ids != expected) {
+      for (size_t i = 0; i < std::min(ids.size(), expected.size()); ++i) {
+        if (ids[i] == expected[i]) continue;
+        ADD_FAILURE() << label << ": first difference at token " << i << ": ours " << ids[i]
+                      << " ('" << tokenizer.token_to_piece(ids[i]) << "'), reference "
+                      << expected[i] << " ('" << tokenizer.token_to_piece(expected[i]) << "')";
+        break;
+      }
+    }
+    // The text itself, unless the reference cannot reproduce it either (SmolLM2's vocabulary
+    // lacks 21 of the 256 bytes, e.g. 0x1D: such bytes are dropped).
+    const std::string decoded = c.value("decoded", text);
+    EXPECT_EQ(tokenizer.decode(ids), decoded) << label;
+    if (check_pieces) {
+      std::string streamed;
+      for (const int32_t id : ids) streamed += tokenizer.token_to_piece(id);
+      EXPECT_EQ(streamed, decoded) << label;
+    }
+    *lossy += decoded != text;
+    tokens += expected.size();
+    ++*strings;
+  }
+  return tokens;
+}
+
+class TokenizerReference : public ::testing::Test {
+ protected:
+  void run(const std::string& name, long wiki_chars, bool check_pieces) {
+    const std::optional<Reference> reference = make_reference(name, wiki_chars);
+    if (!reference) GTEST_SKIP() << ".venv is absent (run scripts/setup.sh): no reference ids";
+    if (reference->dir.empty()) return;  // the failure is already reported
+    const json& entry = reference->tokenizer;
+    const auto tokenizer = fireq::load_tokenizer(reference->dir / entry.at("path").get<std::string>());
+    size_t strings = 0;
+    size_t lossy = 0;
+    const size_t tokens = compare_cases(*tokenizer, entry.at("cases"), check_pieces, &strings, &lossy);
+    std::printf("%s: %zu strings, %zu tokens compared with %s (%zu strings do not round-trip "
+                "in either)\n", name.c_str(), strings, tokens,
+                entry.at("reference").get<std::string>().c_str(), lossy);
+    if (entry.contains("bos_ids")) {
+      EXPECT_EQ(tokenizer->encode("Hi", true), entry["bos_ids"].get<std::vector<int32_t>>());
+    }
+    fs::remove_all(reference->dir);
+  }
+};
+
+TEST_F(TokenizerReference, SmolLM2FromGgufMetadataMatchesTokenizers) {
+  run("smollm2", -1, true);  // the whole Wikipedia dump: 6 M characters
+}
+
+TEST_F(TokenizerReference, Llama3StyleTrainedMatchesTokenizers) {
+  run("llama3_style", 1000000, true);
+}
+
+TEST_F(TokenizerReference, SentencePieceBpeByteFallbackMatchesSentencePiece) {
+  run("spm", 1000000, false);
+}
+
+}  // namespace
