@@ -1,0 +1,92 @@
+// INT4 x FP8 GEMM for Hopper (sm_90a): Y[M,N] = epilogue(a_scale[m] * s_inv * sum_g sigma[n,g] *
+// (X_fp8[m, g] . Q[n, g])), the numerics of gemm_reference.h (docs/kernels/GEMM.md).
+//
+// Two weight layouts:
+//  - canonical (checkpoint, CPU reference): packed [N][K/2] bytes, low nibble = even k, two's
+//    complement; scales [N][K/group] FP8 e4m3 codes.
+//  - kernel layout (prepare_weights, on the GPU at load time): the weight rows in tiles of 64 rows
+//    (one wgmma M), each tile's K in blocks of 64; one 2048-byte chunk per (tile, k-block), chunks
+//    ordered [tile][k-block], so a tile's K stream is contiguous. Inside a chunk, thread t of the
+//    consumer warpgroup owns bytes [16t, 16t+16): the INT4 codes of its wgmma A-operand registers
+//    for the block's two k32 steps, so one 16-byte shared load gives a whole fragment. Scales:
+//    [tile][group][64 rows] FP8 codes. For SwiGLU the gate|up rows are interleaved so that each
+//    thread holds the gate and the up accumulator of the same output feature.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fireq/kernels/gemm_reference.h"
+
+namespace fireq::gemm {
+
+constexpr int kTileRows = 64;   // weight rows per wgmma (M of the instruction)
+constexpr int kBlockK = 64;     // K elements per pipeline stage
+constexpr int kChunkBytes = kTileRows * kBlockK / 2;
+
+// Weights in the kernel layout, in device memory the caller owns.
+struct PreparedWeights {
+  int n = 0;           // rows of the canonical weight (2I for SwiGLU)
+  int k = 0;
+  int group_size = 0;  // 64 or 128
+  bool swiglu_interleaved = false;
+  uint8_t* chunks = nullptr;  // prepared_chunk_bytes(n, k)
+  uint8_t* scales = nullptr;  // prepared_scale_bytes(n, k, group_size)
+};
+
+size_t prepared_chunk_bytes(int n, int k);
+size_t prepared_scale_bytes(int n, int k, int group_size);
+
+// Checks the shape (N a multiple of 64, K of the group size, group 64 or 128; SwiGLU: N/2 a
+// multiple of 32) and converts canonical device buffers into `out` (chunks and scales allocated).
+void prepare_weights(const uint8_t* packed, const uint8_t* scales, PreparedWeights& out, cudaStream_t stream);
+
+// Split-K scratch: FP32 partial sums [M][N] and one arrival counter per output tile. Both must be
+// zero when first used (the kernel leaves them zero again). Size with splitk_workspace_floats /
+// splitk_counter_count for the largest M that should use split-K; smaller buffers disable it.
+struct SplitKWorkspace {
+  float* partial = nullptr;
+  int* counters = nullptr;
+  size_t partial_floats = 0;
+  size_t counter_count = 0;
+};
+size_t splitk_workspace_floats(int max_m, int n);
+size_t splitk_counter_count(int max_m, int n);
+
+// One launch configuration: token tile (wgmma N), split-K factor over groups, grid size.
+struct GemmConfig {
+  int token_tile = 0;  // 16, 64 or 128
+  int splits = 1;
+  int groups_per_split = 0;
+  int grid = 0;
+  int work_items = 0;
+};
+
+// The dispatch table (dispatch.cpp): token tile by M, split-K so that the weight stream covers the
+// SMs evenly. workspace_ok says whether the split-K workspace is large enough for this M.
+GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);
+
+struct GemmArgs {
+  const uint8_t* x = nullptr;        // FP8 e4m3 [M][K], row stride K bytes
+  const float* x_scales = nullptr;   // [M] per-token scales
+  int m = 0;
+  float s_inv = 1.0f;                // per-tensor 1/s_t of the weights
+  Epilogue epilogue = Epilogue::kBf16;
+  const uint16_t* residual = nullptr;  // BF16 [M][N], kResidualAdd only (may equal out)
+  uint16_t* out = nullptr;             // BF16 [M][N] (or [M][N/2] for SwiGLU)
+};
+
+// Y = epilogue(X . W^T). `config` forces a configuration (the bench sweeps them); nullptr uses
+// choose_gemm_config. Throws fireq::Error on bad shapes or pointers.
+void gemm_w4a8(const GemmArgs& args, const PreparedWeights& weights, const SplitKWorkspace& workspace,
+               cudaStream_t stream, const GemmConfig* config = nullptr);
+
+// RMSNorm then per-token FP8 (scale = bf16(absmax/448)) for the next GEMM's input; with
+// gamma == nullptr only the per-token FP8 quantization (the GEMM's optional FP8 output path).
+// x, gamma: BF16 [M][K], [K]; out: FP8 [M][K]; out_scales: [M].
+void rmsnorm_quantize_fp8(const uint16_t* x, const uint16_t* gamma, int m, int k, float eps, uint8_t* out,
+                          float* out_scales, cudaStream_t stream);
+
+}  // namespace fireq::gemm

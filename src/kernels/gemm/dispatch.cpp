@@ -1,0 +1,55 @@
+// The dispatch table: which token tile and split-K factor a GEMM shape runs with. Host-only so the
+// CPU tests can check it; bench/gemm can sweep configurations to regenerate it.
+#include <algorithm>
+
+#include "fireq/error.h"
+#include "fireq/kernels/gemm.h"
+
+namespace fireq::gemm {
+
+size_t prepared_chunk_bytes(int n, int k) { return static_cast<size_t>(n) * k / 2; }
+size_t prepared_scale_bytes(int n, int k, int group_size) { return static_cast<size_t>(n) * (k / group_size); }
+
+size_t splitk_workspace_floats(int max_m, int n) { return static_cast<size_t>(max_m) * n; }
+size_t splitk_counter_count(int max_m, int n) {
+  return static_cast<size_t>((max_m + 15) / 16) * (n / kTileRows);
+}
+
+namespace {
+int token_tile_for(int m) { return m <= 16 ? 16 : (m <= 256 ? 64 : 128); }
+}  // namespace
+
+GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
+  if (m <= 0 || n <= 0 || k <= 0 || group_size <= 0 || sm_count <= 0)
+    fail("choose_gemm_config: bad shape M=", m, " N=", n, " K=", k, " group=", group_size);
+  GemmConfig c;
+  c.token_tile = token_tile_for(m);
+  const int groups = k / group_size;
+  const int tile_pairs = (n / kTileRows + 1) / 2;
+  const int base_items = tile_pairs * ((m + c.token_tile - 1) / c.token_tile);
+  // One CTA per SM; a work item streams its weight-tile pair over its share of K. Split K over
+  // groups until the items fill the SMs in whole waves (memory-bound: idle SMs waste bandwidth).
+  int best_splits = 1;
+  double best_score = -1.0;
+  const int max_splits = workspace_ok && c.token_tile < 128 ? std::min(groups, 16) : 1;
+  for (int splits = 1; splits <= max_splits; ++splits) {
+    const int per_split = (groups + splits - 1) / splits;
+    const int effective = (groups + per_split - 1) / per_split;
+    if (effective != splits) continue;
+    const int items = base_items * splits;
+    const int waves = (items + sm_count - 1) / sm_count;
+    const double fill = static_cast<double>(items) / (static_cast<double>(waves) * sm_count);
+    const double score = fill - 0.01 * splits;  // more splits cost atomics and a fix-up
+    if (score > best_score + 1e-9) {
+      best_score = score;
+      best_splits = splits;
+    }
+  }
+  c.splits = best_splits;
+  c.groups_per_split = (groups + best_splits - 1) / best_splits;
+  c.work_items = base_items * best_splits;
+  c.grid = std::min(c.work_items, sm_count);
+  return c;
+}
+
+}  // namespace fireq::gemm

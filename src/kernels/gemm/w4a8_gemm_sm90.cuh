@@ -1,0 +1,310 @@
+// The INT4 x FP8 GEMM kernel for Hopper, swap-AB form: D^T[weight rows, tokens] = W . X^T, so the
+// INT4 weights become the register-sourced wgmma A operand (converted to FP8 in registers) and
+// the FP8 activations the shared-memory B operand, loaded by TMA.
+//
+// One CTA = one producer warpgroup (a single thread issues the copies) + two consumer warpgroups,
+// each owning a 64-row weight tile of the CTA's 128-row pair; both share the token tile of X.
+// Persistent: CTAs walk work items (weight-tile pair, token tile, K split) with a stride of the
+// grid. Per group of K (64 or 128), the consumer issues wgmmas into a scratch accumulator and
+// promotes it into the FP32 result with the group's scale: exact INT4 -> FP8 dequant, no second
+// rounding (docs/kernels/GEMM.md). Split-K partial sums meet in an FP32 workspace; the last split
+// to arrive applies the epilogue and clears the workspace for the next launch.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cute/arch/mma_sm90_gmma.hpp>
+#include <utility>
+
+#include "fireq/kernels/gemm.h"
+#include "fireq/numerics.h"
+#include "ptx_sm90.cuh"
+
+namespace fireq::gemm {
+
+struct KernelParams {
+  const uint8_t* chunks;
+  const uint8_t* scales;
+  const float* x_scales;
+  const uint16_t* residual;
+  uint16_t* out;
+  float* partial;
+  int* counters;
+  float s_inv;
+  int m, n, k;
+  int n_tiles, tile_pairs, token_tiles;
+  int groups, blocks_per_group, groups_per_split, splits;
+  int work_items;
+  Epilogue epilogue;
+};
+
+template <int TokenTile>
+struct TileTraits {
+  static_assert(TokenTile == 16 || TokenTile == 64 || TokenTile == 128, "one wgmma N per token tile");
+  static constexpr int kXBytes = TokenTile * kBlockK;  // one stage of X: TokenTile rows of 64 bytes
+  static constexpr int kStageBytes = kXBytes + 2 * kChunkBytes + 2 * kTileRows;
+  static constexpr int kStages = 200 * 1024 / kStageBytes > 32 ? 32 : 200 * 1024 / kStageBytes;
+  static constexpr int kAccumulators = TokenTile / 2;  // FP32 values of D per thread (64 x N / 128)
+  // The split-K fix-up's unrolled addressing spills registers beside 2 x 64 accumulators; the
+  // 128-token tile serves M > 256, where the token tiles alone fill the SMs.
+  static constexpr bool kSplitK = TokenTile < 128;
+  // Layout: [X stages][weight chunk stages][scale stages][full barriers][empty barriers]
+  static constexpr int kXOffset = 0;
+  static constexpr int kWOffset = kStages * kXBytes;
+  static constexpr int kScaleOffset = kWOffset + kStages * 2 * kChunkBytes;
+  static constexpr int kBarrierOffset = kScaleOffset + kStages * 2 * kTileRows;
+  static constexpr int kSharedBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + alignment slack
+  static_assert(kXBytes % 1024 == 0, "X stages stay aligned to the 64-byte swizzle period");
+};
+
+template <int N>
+struct Wgmma;
+template <>
+struct Wgmma<16> {
+  using Op = cute::SM90::GMMA::MMA_64x16x32_F32E4M3E4M3_RS_TN<>;
+};
+template <>
+struct Wgmma<64> {
+  using Op = cute::SM90::GMMA::MMA_64x64x32_F32E4M3E4M3_RS_TN<>;
+};
+template <>
+struct Wgmma<128> {
+  using Op = cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_RS_TN<>;
+};
+
+template <int N, size_t... I>
+__device__ __forceinline__ void wgmma_issue(const uint32_t (&a)[4], uint64_t desc, float (&d)[N / 2], bool accumulate,
+                                            std::index_sequence<I...>) {
+  Wgmma<N>::Op::fma(a[0], a[1], a[2], a[3], desc, d[I]...,
+                    accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero);
+}
+
+// Four INT4 codes (two's complement nibbles in the low 16 bits of `nibbles`) -> four FP8 e4m3
+// bytes, exactly: two byte-permute lookups (codes 0..7 and 8..15) and a third that picks per byte.
+__device__ __forceinline__ uint32_t int4x4_to_fp8x4(uint32_t nibbles) {
+  constexpr uint32_t kPositive0 = 0x44403800u;  // fp8(0), fp8(1), fp8(2), fp8(3)
+  constexpr uint32_t kPositive1 = 0x4E4C4A48u;  // fp8(4) .. fp8(7)
+  constexpr uint32_t kNegative0 = 0xCACCCED0u;  // fp8(-8) .. fp8(-5)
+  constexpr uint32_t kNegative1 = 0xB8C0C4C8u;  // fp8(-4) .. fp8(-1)
+  const uint32_t index = nibbles & 0x7777u;
+  const uint32_t positive = __byte_perm(kPositive0, kPositive1, index);
+  const uint32_t negative = __byte_perm(kNegative0, kNegative1, index);
+  const uint32_t pick = 0x3210u | ((nibbles & 0x8888u) >> 1);  // byte i from `negative` if bit 3 set
+  return __byte_perm(positive, negative, pick);
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// Epilogue for one consumer thread's accumulators. Rows of the weight tile are output features,
+// columns are tokens; value j of the fragment sits at row (j % 4 < 2 ? r0 : r0 + 8), column
+// 8 * (j / 4) + 2 * (lane % 4) + j % 2.
+template <int TokenTile>
+__device__ __forceinline__ void store_tile(const KernelParams& p, const float (&y)[TokenTile / 2], int tile, int token0,
+                                           int warp, int lane) {
+  const int row0 = warp * 16 + lane / 4;
+  const int n_out = p.epilogue == Epilogue::kSwiGlu ? p.n / 2 : p.n;
+#pragma unroll
+  for (int j = 0; j < TokenTile / 8; ++j) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int token = token0 + 8 * j + 2 * (lane % 4) + c;
+      if (token >= p.m) continue;
+      const float token_scale = p.x_scales[token] * p.s_inv;
+      const float lo = y[4 * j + c] * token_scale;      // row0
+      const float hi = y[4 * j + 2 + c] * token_scale;  // row0 + 8
+      uint16_t* out_row = p.out + static_cast<size_t>(token) * n_out;
+      if (p.epilogue == Epilogue::kSwiGlu) {
+        const int feature = tile * 32 + warp * 8 + lane / 4;  // gate in row0, its up in row0 + 8
+        out_row[feature] = bf16_from_float(silu(lo) * hi);
+      } else {
+        const int feature = tile * kTileRows + row0;
+        float v0 = lo, v1 = hi;
+        if (p.epilogue == Epilogue::kResidualAdd) {
+          const uint16_t* res_row = p.residual + static_cast<size_t>(token) * n_out;
+          v0 += bf16_to_float(res_row[feature]);
+          v1 += bf16_to_float(res_row[feature + 8]);
+        }
+        out_row[feature] = bf16_from_float(v0);
+        out_row[feature + 8] = bf16_from_float(v1);
+      }
+    }
+  }
+}
+
+// The producer thread: for every k-block of every work item, wait for a free stage, then copy
+// X's box, the one or two weight chunks and, at the last block of a group, the group's scales.
+template <int TokenTile>
+__device__ __forceinline__ void produce(const CUtensorMap& x_map, const KernelParams& p, uint8_t* smem, uint64_t* full,
+                                        uint64_t* empty) {
+  using T = TileTraits<TokenTile>;
+  const int items_per_split = p.tile_pairs * p.token_tiles;
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int item = blockIdx.x; item < p.work_items; item += gridDim.x) {
+    const int split = item / items_per_split;
+    const int pair = item % p.tile_pairs;
+    const int token0 = (item % items_per_split) / p.tile_pairs * TokenTile;
+    const int tiles = (2 * pair + 1 < p.n_tiles) ? 2 : 1;
+    const int group_begin = split * p.groups_per_split;
+    const int group_end = min(p.groups, group_begin + p.groups_per_split);
+    for (int block = group_begin * p.blocks_per_group; block < group_end * p.blocks_per_group; ++block) {
+      const bool group_last_block = (block + 1) % p.blocks_per_group == 0;
+      ptx::mbarrier_wait(&empty[stage], phase ^ 1);
+      const uint32_t bytes = T::kXBytes + tiles * (kChunkBytes + (group_last_block ? kTileRows : 0));
+      ptx::mbarrier_arrive_expect_tx(&full[stage], bytes);
+      ptx::tensor_copy_2d_g2s(smem + T::kXOffset + stage * T::kXBytes, &x_map, block * kBlockK, token0, &full[stage]);
+      for (int t = 0; t < tiles; ++t) {
+        const int tile = 2 * pair + t;
+        const size_t chunk = static_cast<size_t>(tile) * (p.k / kBlockK) + block;
+        ptx::bulk_copy_g2s(smem + T::kWOffset + (stage * 2 + t) * kChunkBytes, p.chunks + chunk * kChunkBytes,
+                           kChunkBytes, &full[stage]);
+        if (group_last_block) {
+          const size_t group = static_cast<size_t>(tile) * p.groups + block / p.blocks_per_group;
+          ptx::bulk_copy_g2s(smem + T::kScaleOffset + (stage * 2 + t) * kTileRows, p.scales + group * kTileRows,
+                             kTileRows, &full[stage]);
+        }
+      }
+      if (++stage == T::kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+  }
+}
+
+// A consumer warpgroup: its 64-row tile of the pair (`consumer` 0 or 1) against the token tile.
+template <int TokenTile>
+__device__ __forceinline__ void consume(const KernelParams& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                        int consumer, int thread_in_group) {
+  using T = TileTraits<TokenTile>;
+  const int items_per_split = p.tile_pairs * p.token_tiles;
+  const int warp = thread_in_group / 32;
+  const int lane = thread_in_group % 32;
+  int stage = 0;
+  uint32_t phase = 0;
+  float result[T::kAccumulators];
+  float group_sum[T::kAccumulators];
+  __shared__ int last_split_flag[2];  // per consumer: this split-K arrival was the last
+
+  for (int item = blockIdx.x; item < p.work_items; item += gridDim.x) {
+    const int split = item / items_per_split;
+    const int pair = item % p.tile_pairs;
+    const int token0 = (item % items_per_split) / p.tile_pairs * TokenTile;
+    const int tile = 2 * pair + consumer;
+    const bool active = tile < p.n_tiles;
+    const int group_begin = split * p.groups_per_split;
+    const int group_end = min(p.groups, group_begin + p.groups_per_split);
+#pragma unroll
+    for (int i = 0; i < T::kAccumulators; ++i) result[i] = 0.0f;
+
+    for (int group = group_begin; group < group_end; ++group) {
+      for (int b = 0; b < p.blocks_per_group; ++b) {
+        ptx::mbarrier_wait(&full[stage], phase);
+        if (active) {
+          const uint4 codes = *reinterpret_cast<const uint4*>(
+              smem + T::kWOffset + (stage * 2 + consumer) * kChunkBytes + thread_in_group * 16);
+          const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
+          const uint64_t desc = ptx::smem_descriptor_k_major_sw64(smem + T::kXOffset + stage * T::kXBytes);
+#pragma unroll
+          for (int step = 0; step < 2; ++step) {  // two k32 wgmmas per 64-wide block
+            uint32_t a[4] = {int4x4_to_fp8x4(words[2 * step]), int4x4_to_fp8x4(words[2 * step] >> 16),
+                             int4x4_to_fp8x4(words[2 * step + 1]), int4x4_to_fp8x4(words[2 * step + 1] >> 16)};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) ptx::fence_register(a[i]);
+#pragma unroll
+            for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(group_sum[i]);
+            ptx::wgmma_fence();
+            wgmma_issue<TokenTile>(a, desc + 2 * step, group_sum, b > 0 || step > 0,
+                                   std::make_index_sequence<T::kAccumulators>{});
+            ptx::wgmma_commit();
+          }
+#pragma unroll
+          for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(group_sum[i]);
+          ptx::wgmma_wait<0>();
+#pragma unroll
+          for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(group_sum[i]);
+          if (b == p.blocks_per_group - 1) {
+            const uint8_t* scale = smem + T::kScaleOffset + (stage * 2 + consumer) * kTileRows;
+            const float sigma0 = fp8_e4m3_to_float(scale[warp * 16 + lane / 4]);
+            const float sigma1 = fp8_e4m3_to_float(scale[warp * 16 + lane / 4 + 8]);
+#pragma unroll
+            for (int i = 0; i < T::kAccumulators; ++i)
+              result[i] = fmaf((i % 4) < 2 ? sigma0 : sigma1, group_sum[i], result[i]);
+          }
+        }
+        __syncwarp();
+        if (lane == 0) ptx::mbarrier_arrive(&empty[stage]);
+        if (++stage == T::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    if (!active) continue;
+
+    if (!T::kSplitK || p.splits == 1) {
+      store_tile<TokenTile>(p, result, tile, token0, warp, lane);
+      continue;
+    }
+    // Split-K: add this split's sums into the workspace ([token][weight row] of the kernel layout).
+    const int row0 = tile * kTileRows + warp * 16 + lane / 4;
+#pragma unroll
+    for (int i = 0; i < T::kAccumulators; ++i) {
+      const int token = token0 + 8 * (i / 4) + 2 * (lane % 4) + (i % 2);
+      if (token < p.m)
+        atomicAdd(&p.partial[static_cast<size_t>(token) * p.n + row0 + ((i % 4) < 2 ? 0 : 8)], result[i]);
+    }
+    __threadfence();
+    ptx::named_barrier_sync(1 + consumer, 128);
+    int* counter = &p.counters[(token0 / TokenTile) * p.n_tiles + tile];
+    if (thread_in_group == 0) {
+      const int arrived = atomicAdd(counter, 1);
+      last_split_flag[consumer] = arrived == p.splits - 1;
+    }
+    ptx::named_barrier_sync(1 + consumer, 128);
+    if (!last_split_flag[consumer]) continue;
+    __threadfence();
+#pragma unroll
+    for (int i = 0; i < T::kAccumulators; ++i) {
+      const int token = token0 + 8 * (i / 4) + 2 * (lane % 4) + (i % 2);
+      float* cell = &p.partial[static_cast<size_t>(token) * p.n + row0 + ((i % 4) < 2 ? 0 : 8)];
+      result[i] = token < p.m ? __ldcg(cell) : 0.0f;
+      if (token < p.m) __stcg(cell, 0.0f);
+    }
+    if (thread_in_group == 0) *counter = 0;
+    store_tile<TokenTile>(p, result, tile, token0, warp, lane);
+  }
+}
+
+template <int TokenTile>
+__global__ void __launch_bounds__(384, 1)
+    w4a8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap x_map, const KernelParams p) {
+  using T = TileTraits<TokenTile>;
+  extern __shared__ uint8_t shared_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t{1023});
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kBarrierOffset);
+  uint64_t* empty = full + T::kStages;
+
+  const int warpgroup = threadIdx.x / 128;
+  const int thread_in_group = threadIdx.x % 128;
+  if (threadIdx.x == 0) {
+    ptx::prefetch_tensor_map(&x_map);
+    for (int s = 0; s < T::kStages; ++s) {
+      ptx::mbarrier_init(&full[s], 1);
+      ptx::mbarrier_init(&empty[s], 8);  // lane 0 of each of the 8 consumer warps
+    }
+    ptx::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    ptx::setmaxnreg_dec<40>();
+    if (thread_in_group == 0) produce<TokenTile>(x_map, p, smem, full, empty);
+  } else {
+    ptx::setmaxnreg_inc<232>();
+    consume<TokenTile>(p, smem, full, empty, warpgroup - 1, thread_in_group);
+  }
+}
+
+}  // namespace fireq::gemm
