@@ -147,15 +147,27 @@ LayerAttentionNumerics layer_attention_numerics(const QuantizedLayer& layer, con
 void install_simulated_layer(CpuEngine& engine, const LlamaWeights& sim_weights, int layer,
                              const QuantizedLayer& quantized, const QuantRecipe& recipe);
 
-// An engine ready to evaluate `model` with the GPU numerics; owns its weights.
-class SimulatedModel {
+// A model on the CPU engine for evaluation (`fireq ppl`): a FireQ checkpoint or QuantizedModel with
+// the GPU kernels' numerics simulated, or any other model load_llama_weights reads, in FP32.
+class EvaluationModel {
  public:
-  explicit SimulatedModel(const QuantizedModel& model, int max_context = 0);
+  explicit EvaluationModel(const QuantizedModel& model, int max_context = 0);
+  explicit EvaluationModel(const std::filesystem::path& path, int max_context = 0);
   CpuEngine& engine() { return *engine_; }
+  const LlamaWeights& weights() const { return *weights_; }
+  // What to give load_tokenizer: the checkpoint's tokenizer file, or the model path itself.
+  std::filesystem::path tokenizer_path() const;
 
  private:
+  void simulate(const QuantizedModel& model, int max_context);
   std::unique_ptr<LlamaWeights> weights_;
   std::unique_ptr<CpuEngine> engine_;
+  std::filesystem::path source_;  // empty when built from a QuantizedModel
+  bool fireq_checkpoint_ = false;
 };
+
+// The tokenizer file of a FireQ checkpoint directory (tokenizer.json, tokenizer.model or
+// tokenizer.gguf); fails naming the directory when there is none.
+std::filesystem::path checkpoint_tokenizer_path(const std::filesystem::path& dir);
 
 }  // namespace fireq

@@ -191,15 +191,38 @@ void install_simulated_layer(CpuEngine& engine, const LlamaWeights& sim_weights,
   }
 }
 
-SimulatedModel::SimulatedModel(const QuantizedModel& model, int max_context)
-    : weights_(std::make_unique<LlamaWeights>(simulation_weights(model))),
-      engine_(std::make_unique<CpuEngine>(*weights_, max_context)) {
+EvaluationModel::EvaluationModel(const QuantizedModel& model, int max_context) { simulate(model, max_context); }
+
+EvaluationModel::EvaluationModel(const std::filesystem::path& path, int max_context)
+    : source_(path), fireq_checkpoint_(is_fireq_checkpoint(path)) {
+  if (fireq_checkpoint_) {
+    simulate(load_quantized_checkpoint(path), max_context);
+    return;
+  }
+  weights_ = std::make_unique<LlamaWeights>(load_llama_weights(path));
+  engine_ = std::make_unique<CpuEngine>(*weights_, max_context);
+}
+
+std::filesystem::path EvaluationModel::tokenizer_path() const {
+  if (source_.empty()) fail("this model was not loaded from a path: it has no tokenizer");
+  return fireq_checkpoint_ ? checkpoint_tokenizer_path(source_) : source_;
+}
+
+void EvaluationModel::simulate(const QuantizedModel& model, int max_context) {
+  weights_ = std::make_unique<LlamaWeights>(simulation_weights(model));
+  engine_ = std::make_unique<CpuEngine>(*weights_, max_context);
   std::vector<LayerAttentionNumerics> attention;
   for (size_t l = 0; l < model.layers.size(); ++l) {
     install_simulated_layer(*engine_, *weights_, static_cast<int>(l), model.layers[l], model.recipe);
     attention.push_back(layer_attention_numerics(model.layers[l], model.recipe));
   }
   engine_->set_attention_numerics(std::make_shared<FireqAttentionNumerics>(model.config, std::move(attention)));
+}
+
+std::filesystem::path checkpoint_tokenizer_path(const std::filesystem::path& dir) {
+  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer.gguf"})
+    if (std::filesystem::is_regular_file(dir / name)) return dir / name;
+  fail(dir.string(), ": no tokenizer.json, tokenizer.model or tokenizer.gguf in the checkpoint");
 }
 
 }  // namespace fireq

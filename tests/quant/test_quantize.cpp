@@ -53,7 +53,7 @@ struct Fixture : ::testing::Test {
 
 TEST_F(Fixture, NoneRecipeKeepsTheModelUpToBf16Weights) {
   const QuantizedModel q = quantize_model(model, load_recipe("none"), {});
-  SimulatedModel sim(q);
+  EvaluationModel sim(q);
   const double err = relative_error(logits(sim.engine()), float_logits());
   EXPECT_GT(err, 0.0);
   EXPECT_LT(err, 0.02);
@@ -67,7 +67,7 @@ TEST_F(Fixture, FullFireqStaysCloseToFloatAndEachPartChangesTheNumerics) {
   ASSERT_EQ(log.size(), 2u);
   EXPECT_NE(log[1].find("layer 2/2"), std::string::npos);
   EXPECT_NE(log[1].find("ETA"), std::string::npos);
-  SimulatedModel sim(q);
+  EvaluationModel sim(q);
   const double err = relative_error(logits(sim.engine()), reference);
   EXPECT_GT(err, 1e-3);  // quantization happened
   EXPECT_LT(err, 0.5);  // a random model with hidden 64 and head_dim 16 is a hard case
@@ -88,7 +88,7 @@ TEST_F(Fixture, CalibratedKeysReachAlphaAndBeta) {
   recipe.pre_rope_alpha = 5;
   recipe.post_rope_beta = 3;
   const QuantizedModel q = quantize_model(model, recipe, calib);
-  SimulatedModel sim(q);
+  EvaluationModel sim(q);
   const int d = 16, half = 8;
   std::vector<std::vector<double>> pair_max(2, std::vector<double>(16, 0.0)), post_max(2, std::vector<double>(32, 0.0));
   sim.engine().set_observer([&](int l, ObserveSite site, const float* rows, int tokens, int width) {
@@ -149,8 +149,9 @@ TEST_F(Fixture, CheckpointRoundTripsExactlyAndIsRecognised) {
       EXPECT_EQ(back.layers[l].linears[s].dense.data, q.layers[l].linears[s].dense.data);
     }
   }
-  SimulatedModel a(q), b(back);
+  EvaluationModel a(q), b(dir);
   EXPECT_EQ(logits(a.engine()), logits(b.engine()));
+  EXPECT_THROW(b.tokenizer_path(), Error);  // a test model has no tokenizer to copy
 
   // An existing directory is never overwritten.
   EXPECT_THROW(save_quantized_checkpoint(q, dir, {}), Error);
