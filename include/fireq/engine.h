@@ -59,6 +59,7 @@ enum class ObserveSite {
   kDownInput,    // silu(gate) * up, the input of down_proj              width intermediate
   kKeyPreRope,   // k_proj output (bias included) before RoPE            width kv_dim
   kKeyPostRope,  // keys after RoPE, before the attention numerics       width kv_dim
+  kLayerOutput,  // the residual stream after the layer (its output)     width hidden
 };
 const char* observe_site_name(ObserveSite site);
 using Observer =

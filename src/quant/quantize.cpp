@@ -1,6 +1,7 @@
 // The quantization pipeline: per block, fold the weight-only transformations (v_mul, smoothing),
 // calibrate the RoPE scaling on the block's input as produced by the already-quantized blocks
-// before it, fold the pre-RoPE scales, then search s_t and quantize to INT4.
+// before it, fold the pre-RoPE scales, search s_t and quantize to INT4, then run the quantized
+// block (simulated numerics) to produce the next block's input.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -144,6 +145,7 @@ struct BlockStatistics {
           }
         return;
       }
+      case ObserveSite::kLayerOutput: return;
       case ObserveSite::kKeyPostRope:
         for (int t = 0; t < tokens; ++t)
           for (int c = 0; c < width; ++c) {
@@ -161,28 +163,75 @@ struct BlockStatistics {
   }
 };
 
-// Runs the calibration windows through blocks 0..layer (blocks before `layer` with their
-// simulated quantized numerics, `layer` in float) and gathers the statistics of block `layer`.
-BlockStatistics calibrate_block(const LlamaWeights& prefix, const std::vector<QuantizedLayer>& done,
-                                const QuantRecipe& recipe, std::span<const int32_t> calibration) {
-  const LlamaConfig& c = prefix.config;
-  const int layer = static_cast<int>(done.size());
-  CpuEngine engine(prefix, recipe.calib_seq_len);
-  std::vector<LayerAttentionNumerics> attention;
-  for (int l = 0; l < layer; ++l) {
-    install_simulated_layer(engine, prefix, l, done[l], recipe);
-    attention.push_back(layer_attention_numerics(done[l], recipe));
+// Calibration runs one block at a time on the CPU engine: a one-block model whose embedding table
+// is the block's input (one row per calibration token, the token ids are the row numbers), so the
+// engine's own forward pass (RMSNorm, RoPE, attention over each window from position 0) runs on
+// hidden states instead of tokens.
+class BlockRunner {
+ public:
+  BlockRunner(const LlamaConfig& config, const QuantRecipe& recipe, int64_t tokens)
+      : config_(config), recipe_(recipe), tokens_(tokens) {}
+
+  // Runs `block` over `input` ([tokens][hidden]); `numerics` (or null) and `quantized` (or null)
+  // give it the simulated quantized numerics. Calls `observer` for the block.
+  void run(const std::vector<float>& input, LlamaLayerWeights block, const QuantizedLayer* quantized,
+           const Observer& observer) const {
+    LlamaWeights model;
+    model.config = config_;
+    model.config.num_hidden_layers = 1;
+    model.config.vocab_size = static_cast<int>(tokens_);
+    model.config.tie_word_embeddings = true;
+    model.tok_embeddings.shape = {tokens_, config_.hidden_size};
+    model.tok_embeddings.data = input;
+    model.final_norm.shape = {config_.hidden_size};
+    model.final_norm.data.assign(static_cast<size_t>(config_.hidden_size), 1.0f);
+    model.layers.push_back(std::move(block));
+    CpuEngine engine(model, recipe_.calib_seq_len);
+    if (quantized) {
+      install_simulated_layer(engine, model, 0, *quantized, recipe_);
+      engine.set_attention_numerics(std::make_shared<FireqAttentionNumerics>(
+          config_, std::vector<LayerAttentionNumerics>{layer_attention_numerics(*quantized, recipe_)}));
+    }
+    engine.set_observer(observer);
+    std::vector<int32_t> ids(static_cast<size_t>(recipe_.calib_seq_len));
+    for (int64_t start = 0; start < tokens_; start += recipe_.calib_seq_len) {
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(start + static_cast<int64_t>(i));
+      engine.reset();
+      engine.forward(ids, LogitsFor::kNone);
+    }
   }
-  engine.set_attention_numerics(std::make_shared<FireqAttentionNumerics>(c, std::move(attention)));
+
+ private:
+  const LlamaConfig& config_;
+  const QuantRecipe& recipe_;
+  int64_t tokens_;
+};
+
+// Statistics of block l's activations, its input coming from the quantized blocks before it.
+BlockStatistics observe_block(const BlockRunner& runner, const std::vector<float>& input,
+                              const LayerF64& layer, const LlamaConfig& c) {
   BlockStatistics stats(c);
-  engine.set_observer([&](int l, ObserveSite site, const float* rows, int tokens, int width) {
-    if (l == layer) stats.observe(site, rows, tokens, width);
-  });
-  for (size_t start = 0; start < calibration.size(); start += recipe.calib_seq_len) {
-    engine.reset();
-    engine.forward(calibration.subspan(start, recipe.calib_seq_len), LogitsFor::kNone);
-  }
+  runner.run(input, layer_f32(layer, c), nullptr,
+             [&](int, ObserveSite site, const float* rows, int tokens, int width) {
+               stats.observe(site, rows, tokens, width);
+             });
   return stats;
+}
+
+// The quantized block's output with the simulated numerics: the next block's input.
+std::vector<float> quantized_block_output(const BlockRunner& runner, const std::vector<float>& input,
+                                          const QuantizedLayer& q) {
+  QuantizedModel one;
+  one.layers.push_back(q);
+  LlamaWeights effective = simulation_weights(one);
+  std::vector<float> output;
+  output.reserve(input.size());
+  runner.run(input, std::move(effective.layers.front()), &q,
+             [&](int, ObserveSite site, const float* rows, int tokens, int width) {
+               if (site == ObserveSite::kLayerOutput)
+                 output.insert(output.end(), rows, rows + static_cast<size_t>(tokens) * width);
+             });
+  return output;
 }
 
 QuantizedLinear quantize_linear(const Matrix64& w, const std::vector<double>& bias, bool int4,
@@ -247,13 +296,17 @@ QuantizedModel quantize_model(const LlamaWeights& weights, const QuantRecipe& re
   out.final_norm = bf16_copy(weights.final_norm);
   if (!weights.lm_head.empty()) out.lm_head = bf16_copy(weights.lm_head);
 
-  // Blocks 0..l of the model as the calibration of block l sees them: quantized blocks hold their
-  // effective (dequantized) weights, block l its transformed float weights.
-  LlamaWeights prefix;
-  prefix.config = c;
-  prefix.tok_embeddings = out.tok_embeddings;
-  prefix.final_norm = out.final_norm;
-  prefix.lm_head = out.lm_head;
+  // The calibration tokens' hidden states entering the current block.
+  const BlockRunner runner(c, recipe, static_cast<int64_t>(calibration.size()));
+  std::vector<float> hidden;
+  if (calibrate) {
+    hidden.reserve(calibration.size() * static_cast<size_t>(c.hidden_size));
+    for (const int32_t id : calibration) {
+      if (id < 0 || id >= c.vocab_size) fail("quantize: calibration token id ", id, " is outside the vocabulary");
+      const float* row = out.tok_embeddings.data.data() + static_cast<size_t>(id) * c.hidden_size;
+      hidden.insert(hidden.end(), row, row + c.hidden_size);
+    }
+  }
 
   const auto start = std::chrono::steady_clock::now();
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -265,10 +318,7 @@ QuantizedModel quantize_model(const LlamaWeights& weights, const QuantRecipe& re
 
     std::ostringstream line;
     if (calibrate && q.quantized) {
-      prefix.config.num_hidden_layers = l + 1;
-      prefix.layers.push_back(layer_f32(layer, c));
-      BlockStatistics stats = calibrate_block(prefix, out.layers, recipe, calibration);
-      prefix.layers.pop_back();
+      BlockStatistics stats = observe_block(runner, hidden, layer, c);
       const RopeScaling rope = compute_rope_scaling(stats.keys, recipe);
       if (!rope.pre_rope.empty()) fold_pre_rope_scaling(layer, c, rope.pre_rope);
       q.post_rope_scale = rope.post_rope;
@@ -298,20 +348,12 @@ QuantizedModel quantize_model(const LlamaWeights& weights, const QuantRecipe& re
     if (int4 && recipe.per_tensor_scale) line << " s_t 2^" << min_e << "..2^" << max_e;
     if (!q.quantized) line << " skipped (BF16)";
 
-    if (calibrate) {
-      // Later blocks are calibrated on this block's quantized output.
-      QuantizedModel one;
-      one.layers.push_back(q);
-      LlamaWeights effective = simulation_weights(one);
-      prefix.layers.push_back(std::move(effective.layers.front()));
-    }
+    if (calibrate && l + 1 < c.num_hidden_layers) hidden = quantized_block_output(runner, hidden, q);
     out.layers.push_back(std::move(q));
 
     if (log) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      // Calibration of block l runs l + 1 blocks, so the work grows linearly with l.
-      const double n = c.num_hidden_layers, done = l + 1;
-      const double fraction = calibrate ? done * (done + 1) / (n * (n + 1)) : done / n;
+      const double fraction = (l + 1.0) / c.num_hidden_layers;
       std::ostringstream msg;
       msg << "layer " << l + 1 << "/" << c.num_hidden_layers << ":" << line.str() << " ("
           << format_seconds(elapsed) << ", ETA " << format_seconds(elapsed / fraction - elapsed) << ")";

@@ -119,6 +119,7 @@ const char* observe_site_name(ObserveSite site) {
     case ObserveSite::kDownInput: return "down_proj_input";
     case ObserveSite::kKeyPreRope: return "key_pre_rope";
     case ObserveSite::kKeyPostRope: return "key_post_rope";
+    case ObserveSite::kLayerOutput: return "layer_output";
   }
   return "?";
 }
@@ -318,6 +319,7 @@ void CpuEngine::run_layer(int layer, int n, Scratch& s) {
   observe(ObserveSite::kDownInput, s.gate.data(), c.intermediate_size);
   run(LinearSite::kDown, s.gate.data(), s.projected.data());
   add_into(s.residual.data(), s.projected.data(), n * hidden);
+  observe(ObserveSite::kLayerOutput, s.residual.data(), c.hidden_size);
 }
 
 // softmax(q kᵀ / sqrt(d) + causal mask) v per query head, against the cache (which already holds
