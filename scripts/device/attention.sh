@@ -16,7 +16,10 @@ $bin/kernels_attention_gpu_test 2>&1 | tee "$out/gpu_test.log" | grep -E "^\[  |
 echo "== compute-sanitizer (memcheck, small cases)"
 compute-sanitizer --tool memcheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
   --gtest_filter='*Quantize*:*ChunkedPrefill*:*Launchers*' > "$out/sanitizer.log" 2>&1
-echo "memcheck exit $?"; tail -4 "$out/sanitizer.log"
+echo "memcheck exit $?"; tail -3 "$out/sanitizer.log"
+compute-sanitizer --tool racecheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
+  --gtest_filter='*ChunkedPrefill*' >> "$out/sanitizer.log" 2>&1
+echo "racecheck exit $?"; tail -3 "$out/sanitizer.log"
 
 echo "== ours"
 $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"
