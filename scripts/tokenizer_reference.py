@@ -15,7 +15,10 @@ each assigns to a varied corpus (the C++ tests encode the same strings and must 
                 data/text/lee_background.cor.
   spm/          a SentencePiece BPE model with byte fallback, Llama-2 settings (identity
                 normalization, dummy prefix, digits split), trained on the same text; reference
-                ids from the `sentencepiece` package.
+                ids from the `sentencepiece` package. Its pieces are also written as the
+                tokenizer metadata of a GGUF file (tokenizer.gguf), as llama.cpp stores Llama-2's.
+The C++ test loads every path listed under "paths" (relative to OUT_DIR, or absolute: the real
+SmolLM2 GGUF) and compares each with the same reference ids.
 """
 import argparse
 import bz2
@@ -162,6 +165,69 @@ def build_llama3_style(out_dir):
     return tok
 
 
+def read_sentencepiece_pieces(model_path):
+    """(piece, score, type) of each entry of a .model file (protobuf ModelProto field 1)."""
+    def varint(data, pos):
+        value, shift = 0, 0
+        while True:
+            byte = data[pos]
+            value |= (byte & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+            if byte < 0x80:
+                return value, pos
+
+    def fields(data):
+        pos = 0
+        while pos < len(data):
+            key, pos = varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = varint(data, pos)
+            elif wire == 5:
+                value, pos = struct.unpack_from("<f", data, pos)[0], pos + 4
+            elif wire == 2:
+                length, pos = varint(data, pos)
+                value, pos = data[pos:pos + length], pos + length
+            else:
+                sys.exit(f"{model_path}: unexpected protobuf wire type {wire}")
+            yield number, value
+
+    with open(model_path, "rb") as f:
+        model = f.read()
+    pieces = []
+    for number, value in fields(model):
+        if number == 1:
+            piece = dict(fields(value))
+            pieces.append((piece[1].decode("utf-8"), piece.get(2, 0.0), piece.get(3, 1)))
+    return pieces
+
+
+def write_gguf_metadata(path, metadata):
+    """A GGUF v3 file with metadata only (no tensors), as llama.cpp writes a tokenizer."""
+    def string(s):
+        data = s.encode("utf-8")
+        return struct.pack("<Q", len(data)) + data
+
+    def value(v):
+        if isinstance(v, bool):
+            return struct.pack("<I?", 7, v)
+        if isinstance(v, int):
+            return struct.pack("<Ii", 5, v)
+        if isinstance(v, str):
+            return struct.pack("<I", 8) + string(v)
+        kinds = {str: (8, string), float: (6, lambda x: struct.pack("<f", x)),
+                 int: (5, lambda x: struct.pack("<i", x))}
+        kind, encode = kinds[type(v[0])]
+        return struct.pack("<IIQ", 9, kind, len(v)) + b"".join(encode(x) for x in v)
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(metadata))
+    out += b"".join(string(k) + value(v) for k, v in metadata.items())
+    out += b"\0" * (-len(out) % 32)  # the (empty) data section starts aligned
+    with open(path + ".tmp", "wb") as f:
+        f.write(out)
+    os.replace(path + ".tmp", path)
+
+
 def build_spm(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     spm.SentencePieceTrainer.train(
@@ -170,7 +236,21 @@ def build_spm(out_dir):
         remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
         allow_whitespace_only_pieces=True, character_coverage=1.0,
         user_defined_symbols=["<|im_start|>", "<|im_end|>"], minloglevel=2)
-    return spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
+    model_path = os.path.join(out_dir, "tokenizer.model")
+    processor = spm.SentencePieceProcessor(model_file=model_path)
+    pieces = read_sentencepiece_pieces(model_path)
+    write_gguf_metadata(os.path.join(out_dir, "tokenizer.gguf"), {
+        "general.architecture": "llama",
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": [p for p, _, _ in pieces],
+        "tokenizer.ggml.scores": [s for _, s, _ in pieces],
+        "tokenizer.ggml.token_type": [t for _, _, t in pieces],
+        "tokenizer.ggml.bos_token_id": processor.bos_id(),
+        "tokenizer.ggml.eos_token_id": processor.eos_id(),
+        "tokenizer.ggml.unknown_token_id": processor.unk_id(),
+        "tokenizer.ggml.add_space_prefix": True,
+    })
+    return processor
 
 
 def corpus_files(wiki_chars):
@@ -192,9 +272,9 @@ def main():
     start = time.time()
     texts = CORPUS + corpus_files(args.wiki_chars)
     builders = {
-        "smollm2": (build_smollm2, "smollm2"),
-        "llama3_style": (build_llama3_style, "llama3_style"),
-        "spm": (build_spm, "spm/tokenizer.model"),
+        "smollm2": (build_smollm2, ["smollm2", GGUF_PATH]),
+        "llama3_style": (build_llama3_style, ["llama3_style"]),
+        "spm": (build_spm, ["spm/tokenizer.model", "spm/tokenizer.gguf"]),
     }
     result = {"tokenizers": []}
     for name, (build, path) in builders.items():
@@ -213,11 +293,18 @@ def main():
             if decoded != text:  # e.g. bytes the vocabulary lacks are dropped
                 case["decoded"] = decoded
             cases.append(case)
-        bos = (tok.token_to_id(LLAMA3_SPECIAL[0]) if name == "llama3_style" else None)
-        entry = {"name": name, "path": path, "reference": type(tok).__module__.split(".")[0],
+        entry = {"name": name, "paths": path, "reference": type(tok).__module__.split(".")[0],
                  "cases": cases}
-        if bos is not None:
+        if name == "smollm2":
+            meta = read_gguf_metadata(GGUF_PATH)
+            entry["bos_id"] = meta["tokenizer.ggml.bos_token_id"]
+            entry["eos_id"] = meta["tokenizer.ggml.eos_token_id"]
+        elif name == "llama3_style":
+            entry["bos_id"] = tok.token_to_id(LLAMA3_SPECIAL[0])
+            entry["eos_id"] = tok.token_to_id(LLAMA3_SPECIAL[1])
             entry["bos_ids"] = tok.encode("Hi", add_special_tokens=True).ids
+        else:
+            entry["bos_id"], entry["eos_id"] = tok.bos_id(), tok.eos_id()
         result["tokenizers"].append(entry)
     tmp = os.path.join(args.out_dir, "cases.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -38,8 +38,9 @@ class Tokenizer {
 };
 
 // Loads a tokenizer.json (byte-level BPE), a SentencePiece .model, a directory holding one of
-// them (tokenizer.json preferred; bos/eos from tokenizer_config.json when present), or a .gguf
-// file's tokenizer metadata. Unsupported configurations are refused naming the file and field.
+// them (tokenizer.model preferred; bos/eos of a tokenizer.json from the tokenizer_config.json
+// beside it when present), or a .gguf file's tokenizer metadata (tokenizer.ggml.model "gpt2" or
+// "llama"). Unsupported configurations are refused naming the file and field.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
 
 // Length of the longest prefix of `bytes` that does not end inside a UTF-8 character: streaming

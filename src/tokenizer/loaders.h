@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include "fireq/tokenizer.h"
 
@@ -12,5 +13,9 @@ namespace fireq::tokenizer_detail {
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& path,
                                                const std::filesystem::path& config_path);
 std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::filesystem::path& path);
+// A serialized sentencepiece ModelProto; `source` names its origin in error messages.
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
+                                                    const std::string& source);
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::filesystem::path& path);
 
 }  // namespace fireq::tokenizer_detail

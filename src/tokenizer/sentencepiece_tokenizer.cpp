@@ -12,8 +12,11 @@ constexpr std::string_view kWordBoundary = "\xE2\x96\x81";  // U+2581, SentenceP
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::filesystem::path& path) : source_(path.string()) {
-    const auto status = processor_.Load(source_);
+  // From a .model file (`serialized` empty) or from a serialized ModelProto.
+  SentencePieceTokenizer(const std::string& source, const std::string& serialized)
+      : source_(source) {
+    const auto status = serialized.empty() ? processor_.Load(source_)
+                                           : processor_.LoadFromSerializedProto(serialized);
     if (!status.ok()) fail(source_, ": not a SentencePiece model: ", status.ToString());
   }
 
@@ -73,7 +76,13 @@ class SentencePieceTokenizer final : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::filesystem::path& path) {
-  return std::make_unique<SentencePieceTokenizer>(path);
+  return std::make_unique<SentencePieceTokenizer>(path.string(), "");
+}
+
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
+                                                    const std::string& source) {
+  if (serialized.empty()) fail(source, ": empty SentencePiece model");
+  return std::make_unique<SentencePieceTokenizer>(source, serialized);
 }
 
 }  // namespace fireq::tokenizer_detail

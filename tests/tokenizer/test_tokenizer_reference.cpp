@@ -105,15 +105,20 @@ class TokenizerReference : public ::testing::Test {
     if (!reference) GTEST_SKIP() << ".venv is absent (run scripts/setup.sh): no reference ids";
     if (reference->dir.empty()) return;  // the failure is already reported
     const json& entry = reference->tokenizer;
-    const auto tokenizer = fireq::load_tokenizer(reference->dir / entry.at("path").get<std::string>());
-    size_t strings = 0;
-    size_t lossy = 0;
-    const size_t tokens = compare_cases(*tokenizer, entry.at("cases"), check_pieces, &strings, &lossy);
-    std::printf("%s: %zu strings, %zu tokens compared with %s (%zu strings do not round-trip "
-                "in either)\n", name.c_str(), strings, tokens,
-                entry.at("reference").get<std::string>().c_str(), lossy);
-    if (entry.contains("bos_ids")) {
-      EXPECT_EQ(tokenizer->encode("Hi", true), entry["bos_ids"].get<std::vector<int32_t>>());
+    for (const std::string path : entry.at("paths")) {
+      SCOPED_TRACE(path);
+      const auto tokenizer = fireq::load_tokenizer(reference->dir / path);  // absolute stays
+      size_t strings = 0;
+      size_t lossy = 0;
+      const size_t tokens = compare_cases(*tokenizer, entry.at("cases"), check_pieces, &strings, &lossy);
+      std::printf("%s (%s): %zu strings, %zu tokens compared with %s (%zu strings do not "
+                  "round-trip in either)\n", name.c_str(), fs::path(path).filename().c_str(),
+                  strings, tokens, entry.at("reference").get<std::string>().c_str(), lossy);
+      EXPECT_EQ(tokenizer->bos_id(), entry.at("bos_id").get<int32_t>());
+      EXPECT_EQ(tokenizer->eos_id(), entry.at("eos_id").get<int32_t>());
+      if (entry.contains("bos_ids")) {
+        EXPECT_EQ(tokenizer->encode("Hi", true), entry["bos_ids"].get<std::vector<int32_t>>());
+      }
     }
     fs::remove_all(reference->dir);
   }
