@@ -1,6 +1,7 @@
 // GGUF (llama.cpp) files, versions 2 and 3: a memory-mapped reader of the metadata key/value
 // store and the tensor table, with validation (magic, version, truncation, offsets, ggml types),
-// and dequantization of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 tensors to float.
+// and dequantization to float of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K (the IQ*, TQ* and MXFP4 types are recognised, not decoded).
 //
 // ggml lists a tensor's dimensions fastest-varying first: a GGUF tensor with dims {576, 1536} is a
 // row-major [1536][576] matrix. GgufTensor::shape() gives the row-major order (outermost first).
@@ -44,9 +45,11 @@ struct GgufValue {
 // ggml tensor types (ids as in ggml.h). Only the ones listed are accepted; the reader knows the
 // block layout of all of them, dequantize() handles the subset named at the top of this file.
 enum class GgmlType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
   Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
-  I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
+  IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22,
+  IQ4_XS = 23, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
+  TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
 };
 std::string_view ggml_type_name(GgmlType type);
 int64_t ggml_block_elements(GgmlType type);  // elements per block (1 for plain types)

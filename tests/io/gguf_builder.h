@@ -30,17 +30,35 @@ inline uint16_t random_f16_scale() {
   return static_cast<uint16_t>((sign(rng()) << 15) | (exponent(rng()) << 10) | mantissa(rng()));
 }
 
-// `blocks` random blocks of a 32-element ggml block type, with finite fp16 scale (and min) fields.
+// Byte offsets of a block's fp16 scale fields (random bits there could decode to inf or NaN).
+inline std::vector<int> fp16_scale_offsets(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q4_1: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K: return {0, 2};
+    case GgmlType::Q2_K: return {80, 82};
+    case GgmlType::Q3_K: return {108};
+    case GgmlType::Q6_K: return {208};
+    case GgmlType::Q8_K: return {};  // a float32 scale, set separately
+    default: return {0};
+  }
+}
+
+// `blocks` random blocks of a ggml block type, with finite scale fields.
 inline std::string random_ggml_blocks(GgmlType type, int64_t blocks) {
   const int64_t block_bytes = ggml_block_bytes(type);
   const auto noise = random_bytes(static_cast<size_t>(blocks * block_bytes));
   std::string bytes(reinterpret_cast<const char*>(noise.data()), noise.size());
-  const int scale_fields = (type == GgmlType::Q4_1 || type == GgmlType::Q5_1) ? 2 : 1;
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int f = 0; f < scale_fields; ++f) {
+  std::uniform_real_distribution<float> scale(0.001f, 0.1f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    char* block = bytes.data() + b * block_bytes;
+    for (const int offset : fp16_scale_offsets(type)) {
       const uint16_t h = random_f16_scale();
-      std::memcpy(bytes.data() + b * block_bytes + 2 * f, &h, 2);
+      std::memcpy(block + offset, &h, 2);
     }
+    if (type == GgmlType::Q8_K) {
+      const float d = scale(rng());
+      std::memcpy(block, &d, 4);
+    }
+  }
   return bytes;
 }
 

@@ -24,9 +24,9 @@ using ::testing::HasSubstr;
 
 // Element i of a block-quantized tensor, straight from the format description.
 float reference_element(GgmlType type, const std::string& bytes, int64_t i) {
-  const int64_t block_bytes = ggml_block_bytes(type);
-  const auto* block = reinterpret_cast<const uint8_t*>(bytes.data()) + (i / 32) * block_bytes;
-  const int j = static_cast<int>(i % 32);
+  const int64_t block_bytes = ggml_block_bytes(type), block_elements = ggml_block_elements(type);
+  const auto* block = reinterpret_cast<const uint8_t*>(bytes.data()) + (i / block_elements) * block_bytes;
+  const int j = static_cast<int>(i % block_elements);
   auto f16_at = [&](int at) { return f16_to_float(static_cast<uint16_t>(block[at] | (block[at + 1] << 8))); };
   auto nibble = [&](const uint8_t* qs) { return j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4); };
   auto fifth_bit = [&](const uint8_t* qh) { return (qh[j / 8] >> (j % 8)) & 1; };
@@ -38,6 +38,11 @@ float reference_element(GgmlType type, const std::string& bytes, int64_t i) {
       return f16_at(0) * static_cast<float>((nibble(block + 6) + 16 * fifth_bit(block + 2)) - 16);
     case GgmlType::Q5_1:
       return f16_at(0) * static_cast<float>(nibble(block + 8) + 16 * fifth_bit(block + 4)) + f16_at(2);
+    case GgmlType::Q8_K: {
+      float d;
+      std::memcpy(&d, block, 4);
+      return d * static_cast<float>(static_cast<int8_t>(block[4 + j]));
+    }
     default: ADD_FAILURE() << "no reference for " << ggml_type_name(type); return 0;
   }
 }
@@ -153,9 +158,10 @@ TEST_F(Gguf, ReadsTensorTableWithCustomAlignment) {
 }
 
 TEST_F(Gguf, DequantizesBlockTypesLikeTheFormatDescription) {
-  for (const GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1}) {
-    const int64_t rows = 3, cols = 96;
-    const std::string bytes = fireq::testing::random_ggml_blocks(type, rows * cols / 32);
+  for (const GgmlType type :
+       {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_K}) {
+    const int64_t rows = 3, cols = 2 * ggml_block_elements(type);
+    const std::string bytes = fireq::testing::random_ggml_blocks(type, rows * cols / ggml_block_elements(type));
     GgufBuilder b;
     b.add_tensor("w", type, {cols, rows}, bytes);
     const GgufFile f = open(b);
@@ -168,6 +174,24 @@ TEST_F(Gguf, DequantizesBlockTypesLikeTheFormatDescription) {
     }
     EXPECT_GT(absmax, 0.0f) << "random blocks must not decode to all zeros";
   }
+}
+
+// Golden values from the gguf Python package (tests/io/make_dequant_golden.py), an independent
+// implementation of every block format, K-quants included.
+TEST(GgufDequantGolden, MatchesTheGgufPythonPackage) {
+  const GgufFile f(std::filesystem::path(FIREQ_SOURCE_DIR) / "tests/io/data/dequant_golden.gguf");
+  int checked = 0;
+  for (const GgufTensor& t : f.tensors()) {
+    if (t.type == GgmlType::F32) continue;
+    const std::vector<float> values = dequantize(t);
+    const std::vector<float> expected = dequantize(f.tensor(t.name + ".expected"));
+    ASSERT_EQ(values.size(), expected.size()) << t.name;
+    for (size_t i = 0; i < values.size(); ++i)
+      ASSERT_EQ(float_bits(values[i]), float_bits(expected[i]))
+          << t.name << " element " << i << ": " << values[i] << " vs " << expected[i];
+    ++checked;
+  }
+  EXPECT_EQ(checked, 10);  // Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K
 }
 
 TEST_F(Gguf, DequantizesPlainFloatTypes) {
@@ -192,11 +216,11 @@ TEST_F(Gguf, DequantizesPlainFloatTypes) {
 
 TEST_F(Gguf, RefusesToDequantizeUnimplementedTypes) {
   GgufBuilder b;
-  b.add_tensor("blk.0.ffn_down.weight", GgmlType::Q6_K, {256, 1}, std::string(210, '\0'));
+  b.add_tensor("blk.0.ffn_down.weight", GgmlType::IQ2_XS, {256, 1}, std::string(74, '\0'));
   const GgufFile f = open(b);
   const std::string message = error_of([&] { dequantize(f.tensor("blk.0.ffn_down.weight")); });
   EXPECT_THAT(message, HasSubstr("blk.0.ffn_down.weight"));
-  EXPECT_THAT(message, HasSubstr("Q6_K"));
+  EXPECT_THAT(message, HasSubstr("IQ2_XS"));
 }
 
 TEST_F(Gguf, RefusesBadMagicAndVersion) {
