@@ -345,7 +345,7 @@ TEST(Engine, ObserverSeesEverySiteWithItsShape) {
     EXPECT_TRUE(seen.emplace(std::pair(layer, site), std::vector<float>(rows, rows + n * width)).second);
   });
   engine.forward(tokens, LogitsFor::kLast);
-  EXPECT_EQ(seen.size(), 2u * 6u);
+  EXPECT_EQ(seen.size(), 2u * 7u);
   // The pre-RoPE keys are k_proj of the qkv input; position 0 is not rotated, later ones are.
   const auto& x = seen[{1, ObserveSite::kQkvInput}];
   const auto& pre = seen[{1, ObserveSite::kKeyPreRope}];
@@ -362,6 +362,16 @@ TEST(Engine, ObserverSeesEverySiteWithItsShape) {
   double moved = 0;
   for (int o = kv; o < 9 * kv; ++o) moved += std::abs(post[o] - pre[o]);
   EXPECT_GT(moved, 1.0);
+  // Layer 0's output is layer 1's input: rmsnorm of it is layer 1's qkv input.
+  const auto& out0 = seen[{0, ObserveSite::kLayerOutput}];
+  const FloatTensor& gamma = w.layers[1].attn_norm;
+  for (int t = 0; t < 9; ++t) {
+    double ms = 0;
+    for (int k = 0; k < hidden; ++k) ms += double(out0[t * hidden + k]) * out0[t * hidden + k];
+    const double inv_rms = 1 / std::sqrt(ms / hidden + w.config.rms_norm_eps);
+    for (int k = 0; k < hidden; ++k)
+      EXPECT_NEAR(x[t * hidden + k], gamma.data[k] * out0[t * hidden + k] * inv_rms, 1e-5);
+  }
 }
 
 TEST(Engine, BadInputThrows) {
