@@ -277,7 +277,7 @@ class ShardedCorruption : public Safetensors {
  protected:
   void SetUp() override {
     Safetensors::SetUp();
-    for (int i = 0; i < 4; ++i) tensors_.push_back(random_tensor("t" + std::to_string(i), DType::F32, {8}));
+    for (const char* name : {"t0", "t1", "t2", "t3"}) tensors_.push_back(random_tensor(name, DType::F32, {8}));
     write_safetensors_checkpoint(dir_, views(tensors_), {}, 64);  // two shards of two
     index_ = nlohmann::json::parse(read_bytes(path("model.safetensors.index.json")));
   }

@@ -132,7 +132,7 @@ TinyGguf make_tiny_gguf(bool tied) {
   b.add("llama.rope.freq_base", gguf_float(GgufType::FLOAT32, 100000.0));
   b.add("llama.context_length", gguf_int(GgufType::UINT32, 2048));
   std::vector<std::string> tokens;
-  for (int i = 0; i < kVocab; ++i) tokens.push_back("t" + std::to_string(i));
+  for (int i = 0; i < kVocab; ++i) tokens.push_back(std::to_string(i) + "_token");
   b.add("tokenizer.ggml.tokens", gguf_string_array(tokens));
   b.add("tokenizer.ggml.bos_token_id", gguf_int(GgufType::UINT32, 1));
   b.add("tokenizer.ggml.eos_token_id", gguf_int(GgufType::UINT32, 2));
