@@ -253,6 +253,34 @@ def build_spm(out_dir):
     return processor
 
 
+def spm_as_tokenizers(model_path):
+    """The SentencePiece BPE model as a `tokenizers` BPE, converted the way Hugging Face
+    converts Llama-2's: merges are the vocabulary's splittable pieces ordered by score, text is
+    prefixed with U+2581 and spaces replaced by it, byte fallback for the rest."""
+    from tokenizers import normalizers
+    pieces = read_sentencepiece_pieces(model_path)
+    vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    candidates = []
+    for i, (piece, score, kind) in enumerate(pieces):
+        if kind != 1:  # only normal pieces are the result of merges
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                candidates.append((-score, vocab[left], vocab[right], left, right))
+    merges = [(left, right) for *_, left, right in sorted(candidates)]
+    unk = next(piece for piece, _, kind in pieces if kind == 2)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True,
+                               fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.add_tokens([AddedToken(piece, special=kind == 3, normalized=False)
+                    for piece, _, kind in pieces if kind in (3, 4)])
+    return tok
+
+
 def corpus_files(wiki_chars):
     with open(LEE_PATH, encoding="utf-8") as f:
         lee = f.read()
@@ -281,6 +309,8 @@ def main():
         if args.only and name != args.only:
             continue
         tok = build(os.path.join(args.out_dir, name))
+        if name == "spm":
+            converted = spm_as_tokenizers(os.path.join(args.out_dir, "spm", "tokenizer.model"))
         cases = []
         for label, text in texts + SPECIAL_TEXT[name]:
             if isinstance(tok, Tokenizer):
@@ -292,6 +322,8 @@ def main():
             case = {"label": label, "text": text, "ids": ids}
             if decoded != text:  # e.g. bytes the vocabulary lacks are dropped
                 case["decoded"] = decoded
+            if name == "spm":  # a second opinion; not required to agree everywhere
+                case["ids_tokenizers"] = converted.encode(text, add_special_tokens=False).ids
             cases.append(case)
         entry = {"name": name, "paths": path, "reference": type(tok).__module__.split(".")[0],
                  "cases": cases}

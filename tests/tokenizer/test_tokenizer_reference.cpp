@@ -57,10 +57,16 @@ std::string shown(const std::string& text) {
   return text.size() <= 80 ? text : text.substr(0, 80) + "...";
 }
 
-// Compares every case's ids, the round trip and streaming pieces; returns the token count.
-size_t compare_cases(const fireq::Tokenizer& tokenizer, const json& cases, bool check_pieces,
-                     size_t* strings, size_t* lossy) {
+struct Counts {
+  size_t strings = 0;
   size_t tokens = 0;
+  size_t lossy = 0;               // strings that neither side can reproduce from their ids
+  size_t tokenizers_checked = 0;  // strings also compared with the converted SentencePiece model
+};
+
+// Compares every case's ids, the round trip and streaming pieces.
+Counts compare_cases(const fireq::Tokenizer& tokenizer, const json& cases, bool check_pieces) {
+  Counts counts;
   for (const json& c : cases) {
     const std::string label = c.at("label");
     const std::string text = c.at("text");
@@ -73,6 +79,13 @@ size_t compare_cases(const fireq::Tokenizer& tokenizer, const json& cases, bool 
                   text.size(), ids.size(), seconds, text.size() / seconds / 1e6);
     }
     EXPECT_EQ(ids, expected) << label << ": " << shown(text);
+    // The SentencePiece model converted to `tokenizers` (as Hugging Face converts Llama-2's):
+    // a second reference, which differs only where user-defined symbols start a segment
+    // (its Prepend normalizer runs once per segment between added tokens).
+    if (c.contains("ids_tokenizers") && label != "user_defined") {
+      EXPECT_EQ(ids, c["ids_tokenizers"].get<std::vector<int32_t>>()) << label << " (tokenizers)";
+      ++counts.tokenizers_checked;
+    }
     if (ids != expected) {
       for (size_t i = 0; i < std::min(ids.size(), expected.size()); ++i) {
         if (ids[i] == expected[i]) continue;
@@ -91,11 +104,11 @@ size_t compare_cases(const fireq::Tokenizer& tokenizer, const json& cases, bool 
       for (const int32_t id : ids) streamed += tokenizer.token_to_piece(id);
       EXPECT_EQ(streamed, decoded) << label;
     }
-    *lossy += decoded != text;
-    tokens += expected.size();
-    ++*strings;
+    counts.lossy += decoded != text;
+    counts.tokens += expected.size();
+    ++counts.strings;
   }
-  return tokens;
+  return counts;
 }
 
 class TokenizerReference : public ::testing::Test {
@@ -108,12 +121,15 @@ class TokenizerReference : public ::testing::Test {
     for (const std::string path : entry.at("paths")) {
       SCOPED_TRACE(path);
       const auto tokenizer = fireq::load_tokenizer(reference->dir / path);  // absolute stays
-      size_t strings = 0;
-      size_t lossy = 0;
-      const size_t tokens = compare_cases(*tokenizer, entry.at("cases"), check_pieces, &strings, &lossy);
-      std::printf("%s (%s): %zu strings, %zu tokens compared with %s (%zu strings do not "
-                  "round-trip in either)\n", name.c_str(), fs::path(path).filename().c_str(),
-                  strings, tokens, entry.at("reference").get<std::string>().c_str(), lossy);
+      const Counts counts = compare_cases(*tokenizer, entry.at("cases"), check_pieces);
+      std::printf("%s (%s): %zu strings, %zu tokens compared with %s; %zu strings do not "
+                  "round-trip in either\n", name.c_str(), fs::path(path).filename().c_str(),
+                  counts.strings, counts.tokens, entry.at("reference").get<std::string>().c_str(),
+                  counts.lossy);
+      if (counts.tokenizers_checked > 0) {
+        std::printf("  also identical to the model converted to tokenizers on %zu strings\n",
+                    counts.tokenizers_checked);
+      }
       EXPECT_EQ(tokenizer->bos_id(), entry.at("bos_id").get<int32_t>());
       EXPECT_EQ(tokenizer->eos_id(), entry.at("eos_id").get<int32_t>());
       if (entry.contains("bos_ids")) {
