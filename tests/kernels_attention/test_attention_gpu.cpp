@@ -125,7 +125,7 @@ TEST(AttentionGpu, QuantizeQkvMatchesReferenceBitForBit) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Split-KV attention against paged_attention_reference(PRounding::fp16). They differ only by the
+// Both attention kernels against paged_attention_reference(PRounding::fp16). They differ only by the
 // running (kernel) versus global (reference) softmax max at which P is rounded to FP16, the FP32
 // summation order, exp2f and the final BF16 rounding. Bound: max error <= 2^-7 of the largest
 // |output| of the sequence, relative L2 error <= 3e-3; every output written and finite.
@@ -135,10 +135,13 @@ struct AttentionCase {
   std::vector<int> seq_lens, q_lens;
 };
 
-void run_attention_case(const AttentionCase& c) {
+enum class Kernel { splitkv, prefill };
+
+void run_attention_case(const AttentionCase& c, Kernel kernel) {
   ProblemSpec spec{c.q_heads, c.kv_heads, c.head_dim, c.page_size, c.seq_lens, c.q_lens};
   spec.seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << c.name << " seed " << spec.seed);
+  SCOPED_TRACE(::testing::Message() << c.name << (kernel == Kernel::splitkv ? " split-KV" : " prefill") << " seed "
+                                    << spec.seed);
   HostProblem host = testing::make_problem(spec);
   quantize_qkv_reference(host.quantize_args());
   testing::gather_queries(host);
@@ -150,9 +153,14 @@ void run_attention_case(const AttentionCase& c) {
   a.cache = dev.cache(host.layout);
   a.sequences = dev.sequences(host);
   a.out = dev.out.get();
-  const size_t workspace_bytes = paged_attention_workspace_bytes(a);
-  DeviceBuffer<uint8_t> workspace(std::vector<uint8_t>(workspace_bytes, 0xFF));  // NaN poison
-  paged_attention_splitkv(a, workspace.get(), nullptr);
+  if (kernel == Kernel::splitkv) {
+    const size_t workspace_bytes = paged_attention_workspace_bytes(a);
+    DeviceBuffer<uint8_t> workspace(std::vector<uint8_t>(workspace_bytes, 0xFF));  // NaN poison
+    paged_attention_splitkv(a, workspace.get(), nullptr);
+    FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
+  } else {
+    paged_attention_prefill(a, nullptr);
+  }
   FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> got = dev.out.download();
 
@@ -179,7 +187,8 @@ TEST(AttentionGpu, DecodeMatchesReference) {
       {"two_new_tokens_page128", 32, 8, 128, 128, {2048, 333}, {2, 2}},
       {"three_new_tokens_two_chunks", 32, 8, 128, 64, {1024}, {3}},
   };
-  for (const AttentionCase& c : cases) run_attention_case(c);
+  for (const AttentionCase& c : cases) run_attention_case(c, Kernel::splitkv);
+  for (const AttentionCase& c : cases) run_attention_case(c, Kernel::prefill);  // also right for 1 query
 }
 
 TEST(AttentionGpu, ChunkedPrefillMatchesReference) {
@@ -188,8 +197,13 @@ TEST(AttentionGpu, ChunkedPrefillMatchesReference) {
       {"prefill_over_prefix", 8, 2, 128, 16, {200, 90}, {37, 90}},
       {"smollm2_varlen_prefill", 9, 3, 64, 32, {45, 130, 7}, {45, 130, 7}},
       {"llama3_chunk_of_64_over_1000", 32, 8, 128, 64, {1064}, {64}},
+      {"llama3_prefill_600_page16", 32, 8, 128, 16, {600, 333}, {600, 333}},
+      {"smollm2_prefill_1100_over_prefix", 9, 3, 64, 64, {1200}, {1100}},
   };
-  for (const AttentionCase& c : cases) run_attention_case(c);
+  for (const AttentionCase& c : cases) {
+    run_attention_case(c, Kernel::splitkv);
+    run_attention_case(c, Kernel::prefill);
+  }
 }
 
 TEST(AttentionGpu, LaunchersRejectBadShapes) {
@@ -203,6 +217,7 @@ TEST(AttentionGpu, LaunchersRejectBadShapes) {
   a.cache = dev.cache(host.layout);
   a.cache.layout.head_dim = 96;
   EXPECT_THROW(paged_attention_splitkv(a, nullptr, nullptr), Error);
+  EXPECT_THROW(paged_attention_prefill(a, nullptr), Error);
   QkvQuantizeArgs qa = host.quantize_args();
   qa.cache = dev.cache(host.layout);
   qa.q_heads = 7;

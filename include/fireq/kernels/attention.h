@@ -174,5 +174,8 @@ void quantize_qkv(const QkvQuantizeArgs& args, void* stream);
 // Split-KV attention with the PRounding::fp16 numerics; `workspace` holds
 // paged_attention_workspace_bytes(args) bytes of device memory.
 void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, void* stream);
+// Prefill (many queries per sequence, over a cached prefix plus themselves), FlashAttention-2 style on
+// mma.sync with the same PRounding::fp16 numerics; no workspace.
+void paged_attention_prefill(const PagedAttentionArgs& args, void* stream);
 
 }  // namespace fireq::attention

@@ -11,13 +11,17 @@
 // per-token K scale multiplies the FP32 scores, the per-token V scale multiplies P before its FP16
 // rounding (PRounding::fp16 in the reference). Because a dot product does not care in which order
 // its terms come, each thread loads whole 16- or 8-byte pieces of a cache row and we permute the
-// matching Q channels and P tokens instead (see the two *_pair_* helpers): no shared-memory staging,
-// no transposes. S^T's accumulator layout becomes P^T's operand layout with one movmatrix.trans.
+// matching Q channels and P tokens instead (tile_token_of_row, q_channel_of_pair): no transposes,
+// and each thread reads back from shared memory exactly the bytes it copied there. S^T's accumulator
+// layout becomes P^T's operand layout with one movmatrix.trans.
+// Each warp streams its tiles through a private kStages-deep cp.async pipeline in shared memory, so
+// that the next tiles' bytes are in flight while it computes on the current one.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "fireq/cuda_check.h"
 #include "fireq/error.h"
@@ -29,6 +33,9 @@ namespace {
 constexpr int kTileTokens = 64;   // per warp iteration: 4 MMA row tiles of 16 tokens
 constexpr int kWarps = 4;
 constexpr int kRowsPerCta = 8;    // query rows: the n = 8 of m16n8k16
+constexpr int kStages = 3;        // tiles in flight per warp (cp.async groups)
+constexpr int kCtasPerSm = 2;     // what the shared memory allows (~100 KB per CTA)
+constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct SplitKvParams {
@@ -99,18 +106,35 @@ __device__ __forceinline__ int q_channel_of_pair(int t, int p, int high) {
   return t * (kHeadDim / 4) + 8 * (p >> 2) + (p & 3) + 4 * high;
 }
 
-// Loads `kWords` consecutive 32-bit words (8 or 16 bytes, aligned).
-template <int kWords>
-__device__ __forceinline__ void load_words(const uint8_t* src, uint32_t (&dst)[kWords]) {
-  if constexpr (kWords == 4) {
-    const uint4 x = __ldg(reinterpret_cast<const uint4*>(src));
-    dst[0] = x.x; dst[1] = x.y; dst[2] = x.z; dst[3] = x.w;
+// Asynchronous global -> shared copies of 16 or 8 bytes; `valid` false writes zeros (reads nothing).
+template <int kBytes>
+__device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? kBytes : 0;
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
   } else {
-    static_assert(kWords == 2, "a thread reads 8 or 16 bytes of a row");
-    const uint2 x = __ldg(reinterpret_cast<const uint2*>(src));
-    dst[0] = x.x; dst[1] = x.y;
+    static_assert(kBytes == 8, "16- or 8-byte pieces");
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
   }
 }
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// One warp's share of one pipeline stage: a 64-token tile. Laid out [piece][lane] so that a warp's
+// 16- or 8-byte accesses to one piece are conflict-free.
+template <int kHeadDim>
+struct TileStage {
+  static constexpr int kKBytes = kHeadDim / 8;  // a thread's quarter of a K row
+  uint8_t k[8][32][kKBytes];                     // [j * 2 + row half][lane]
+  uint2 v[kHeadDim / 8][32];                     // [d tile * 2 + row half][lane]: tokens 16t .. 16t+15
+  uint16_t k_scale[kTileTokens], v_scale[kTileTokens];
+};
+
+template <int kHeadDim>
+constexpr size_t kSmemBytes = std::max(sizeof(TileStage<kHeadDim>) * kStages * kWarps,
+                                       sizeof(float) * kWarps * kRowsPerCta * (kHeadDim + 2));
 
 // ---------------------------------------------------------------------------------------------
 template <int kHeadDim>
@@ -164,68 +188,100 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
   const int32_t* pages = p.block_table + int64_t(b) * p.max_pages_per_seq;
   const int page_size = p.layout.page_size;
 
-  for (int tile = tile_begin + warp; tile * kTileTokens < token_end; tile += kWarps) {
-    const int tile_start = tile * kTileTokens;
-    // Issue every load of the tile first: K rows, scales, and V^T pieces.
-    uint32_t k_words[4][2][kKWords];
-    float k_scale[4][2], v_scale[4][2];
+  extern __shared__ __align__(16) uint8_t smem[];
+  TileStage<kHeadDim>* stages = reinterpret_cast<TileStage<kHeadDim>*>(smem) + warp * kStages;
+
+  // Issues the copies of this warp's `index`-th tile into stage index % kStages (nothing past the end).
+  const int first_tile = tile_begin + warp;
+  auto issue_tile = [&](int index) {
+    const int tile_start = (first_tile + index * kWarps) * kTileTokens;
+    if (tile_start >= token_end) return;
+    TileStage<kHeadDim>& st = stages[index % kStages];
     #pragma unroll
     for (int j = 0; j < 4; ++j)
       #pragma unroll
       for (int rh = 0; rh < 2; ++rh) {
         const int pos = tile_start + tile_token_of_row(j, g + 8 * rh);
-        if (pos < token_end) {
-          const int page = pages[pos / page_size], slot = pos % page_size;
-          load_words(p.k + p.layout.k_row_offset(page, h, slot) + t * (kHeadDim / 8), k_words[j][rh]);
-          const int64_t s_off = p.layout.scale_offset(page, h, slot);
-          k_scale[j][rh] = bf16_bits_to_float(p.k_scale[s_off]);
-          v_scale[j][rh] = bf16_bits_to_float(p.v_scale[s_off]);
-        } else {
-          #pragma unroll
-          for (int w = 0; w < kKWords; ++w) k_words[j][rh][w] = 0;
-          k_scale[j][rh] = 0.0f;
-          v_scale[j][rh] = 0.0f;
-        }
+        const bool valid = pos < token_end;
+        const uint8_t* src = p.k;
+        if (valid) src += p.layout.k_row_offset(pages[pos / page_size], h, pos % page_size) + t * (kHeadDim / 8);
+        copy_async<kHeadDim / 8>(st.k[j * 2 + rh][lane], src, valid);
       }
-    uint32_t v_words[kSteps][2][2];  // [d row tile][row g / g+8][word]: tokens 16t .. 16t+15
     {
-      const int pos = tile_start + 16 * t;
-      if (pos < token_end) {
-        const int page = pages[pos / page_size], slot = pos % page_size;
+      const int pos = tile_start + 16 * t;  // this thread's 16 tokens of every V^T channel row
+      const bool valid = pos < token_end;
+      const int page = valid ? pages[pos / page_size] : 0, slot = pos % page_size;
+      #pragma unroll
+      for (int i = 0; i < kSteps; ++i)
         #pragma unroll
-        for (int i = 0; i < kSteps; ++i)
-          #pragma unroll
-          for (int rh = 0; rh < 2; ++rh)
-            load_words(p.v + p.layout.v_channel_offset(page, h, 16 * i + g + 8 * rh) + slot / 2, v_words[i][rh]);
-      } else {
-        #pragma unroll
-        for (int i = 0; i < kSteps; ++i)
-          #pragma unroll
-          for (int rh = 0; rh < 2; ++rh) v_words[i][rh][0] = v_words[i][rh][1] = 0;
-      }
+        for (int rh = 0; rh < 2; ++rh) {
+          const uint8_t* src = valid ? p.v + p.layout.v_channel_offset(page, h, 16 * i + g + 8 * rh) + slot / 2 : p.v;
+          copy_async<8>(&st.v[i * 2 + rh][lane], src, valid);
+        }
     }
+    {
+      const int pos = tile_start + 4 * (lane % 16);  // lanes 0-15: K scales, 16-31: V scales, 4 tokens each
+      const bool valid = pos < token_end;
+      const uint16_t* scales = lane < 16 ? p.k_scale : p.v_scale;
+      const uint16_t* src = valid ? scales + p.layout.scale_offset(pages[pos / page_size], h, pos % page_size) : scales;
+      copy_async<8>((lane < 16 ? st.k_scale : st.v_scale) + 4 * (lane % 16), src, valid);
+    }
+  };
+
+  const int my_tiles = token_end > first_tile * kTileTokens
+                           ? ((token_end - first_tile * kTileTokens + kTileTokens - 1) / kTileTokens + kWarps - 1) / kWarps
+                           : 0;
+  #pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    issue_tile(i);
+    copy_async_commit();
+  }
+  for (int index = 0; index < my_tiles; ++index) {
+    __syncwarp();  // every lane is done reading the stage that the next copies overwrite
+    issue_tile(index + kStages - 1);
+    copy_async_commit();
+    copy_async_wait<kStages - 1>();
+    __syncwarp();  // the scales were copied by other lanes
+    const TileStage<kHeadDim>& st = stages[index % kStages];
+    const int tile_start = (first_tile + index * kWarps) * kTileTokens;
 
     // S^T = K Q^T, scaled into the log2 domain, masked.
     float s[4][4];
+    float v_scale[4][2];
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
+      uint32_t k_words[2][kKWords];
+      #pragma unroll
+      for (int rh = 0; rh < 2; ++rh) {
+        if constexpr (kKWords == 4) {
+          const uint4 x = *reinterpret_cast<const uint4*>(st.k[j * 2 + rh][lane]);
+          k_words[rh][0] = x.x; k_words[rh][1] = x.y; k_words[rh][2] = x.z; k_words[rh][3] = x.w;
+        } else {
+          const uint2 x = *reinterpret_cast<const uint2*>(st.k[j * 2 + rh][lane]);
+          k_words[rh][0] = x.x; k_words[rh][1] = x.y;
+        }
+      }
       #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
       #pragma unroll
-      for (int st = 0; st < kSteps; ++st) {
-        const int word = st / 2, nib = 2 * (st % 2);
-        const uint32_t a[4] = {int4_pair_to_f16x2(k_words[j][0][word], nib),
-                               int4_pair_to_f16x2(k_words[j][1][word], nib),
-                               int4_pair_to_f16x2(k_words[j][0][word], nib + 1),
-                               int4_pair_to_f16x2(k_words[j][1][word], nib + 1)};
-        mma_f16_16816(s[j], a, q_frag[st][0], q_frag[st][1]);
+      for (int step = 0; step < kSteps; ++step) {
+        const int word = step / 2, nib = 2 * (step % 2);
+        const uint32_t a[4] = {int4_pair_to_f16x2(k_words[0][word], nib), int4_pair_to_f16x2(k_words[1][word], nib),
+                               int4_pair_to_f16x2(k_words[0][word], nib + 1),
+                               int4_pair_to_f16x2(k_words[1][word], nib + 1)};
+        mma_f16_16816(s[j], a, q_frag[step][0], q_frag[step][1]);
       }
       #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rh = e >> 1, c = e & 1;
-        const int pos = tile_start + tile_token_of_row(j, g + 8 * rh);
-        s[j][e] = (pos < token_end && pos <= col_last_pos[c]) ? (s[j][e] * k_scale[j][rh]) * col_factor[c]
-                                                              : -INFINITY;
+      for (int rh = 0; rh < 2; ++rh) {
+        const int offset = tile_token_of_row(j, g + 8 * rh), pos = tile_start + offset;
+        const bool in_split = pos < token_end;
+        const float k_scale = bf16_bits_to_float(st.k_scale[offset]);
+        v_scale[j][rh] = in_split ? bf16_bits_to_float(st.v_scale[offset]) : 0.0f;  // past the end: garbage
+        #pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& x = s[j][2 * rh + c];
+          x = (in_split && pos <= col_last_pos[c]) ? (x * k_scale) * col_factor[c] : -INFINITY;
+        }
       }
     }
 
@@ -252,6 +308,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
       for (int e = 0; e < 4; ++e) o_acc[i][e] *= alpha[e & 1];
 
     // P (times the token's V scale) to FP16, transposed into the B operand, then O^T += V^T P^T.
+    uint32_t p_frag[4][2];
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
       float pv[4];
@@ -261,19 +318,23 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
         row_sum[e & 1] += prob;
         pv[e] = prob * v_scale[j][e >> 1];
       }
-      const uint32_t b0 = transpose_8x8_f16(pack_f16x2(pv[0], pv[1]));
-      const uint32_t b1 = transpose_8x8_f16(pack_f16x2(pv[2], pv[3]));
-      const int word = j >> 1, nib = 2 * (j & 1);
+      p_frag[j][0] = transpose_8x8_f16(pack_f16x2(pv[0], pv[1]));
+      p_frag[j][1] = transpose_8x8_f16(pack_f16x2(pv[2], pv[3]));
+    }
+    #pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      const uint2 lo = st.v[i * 2][lane], hi = st.v[i * 2 + 1][lane];
       #pragma unroll
-      for (int i = 0; i < kSteps; ++i) {
-        const uint32_t a[4] = {int4_pair_to_f16x2(v_words[i][0][word], nib),
-                               int4_pair_to_f16x2(v_words[i][1][word], nib),
-                               int4_pair_to_f16x2(v_words[i][0][word], nib + 1),
-                               int4_pair_to_f16x2(v_words[i][1][word], nib + 1)};
-        mma_f16_16816(o_acc[i], a, b0, b1);
+      for (int j = 0; j < 4; ++j) {
+        const int nib = 2 * (j & 1);
+        const uint32_t w_lo = (j >> 1) ? lo.y : lo.x, w_hi = (j >> 1) ? hi.y : hi.x;
+        const uint32_t a[4] = {int4_pair_to_f16x2(w_lo, nib), int4_pair_to_f16x2(w_hi, nib),
+                               int4_pair_to_f16x2(w_lo, nib + 1), int4_pair_to_f16x2(w_hi, nib + 1)};
+        mma_f16_16816(o_acc[i], a, p_frag[j][0], p_frag[j][1]);
       }
     }
   }
+  copy_async_wait<0>();  // no copy may land in the buffers the epilogue reuses
 
   // Column sums over the 8 threads of a column, then the 4 warps merge through shared memory.
   #pragma unroll
@@ -281,8 +342,10 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
     #pragma unroll
     for (int off = 4; off < 32; off *= 2) row_sum[c] += __shfl_xor_sync(0xFFFFFFFFu, row_sum[c], off);
 
-  __shared__ float smem_o[kWarps][kRowsPerCta][kHeadDim];
-  __shared__ float smem_max[kWarps][kRowsPerCta], smem_sum[kWarps][kRowsPerCta];
+  __syncthreads();  // all warps are done with their pipeline stages
+  auto smem_o = reinterpret_cast<float (*)[kRowsPerCta][kHeadDim]>(smem);
+  auto smem_max = reinterpret_cast<float (*)[kRowsPerCta]>(smem + sizeof(float) * kWarps * kRowsPerCta * kHeadDim);
+  auto smem_sum = smem_max + kWarps;
   #pragma unroll
   for (int i = 0; i < kSteps; ++i)
     #pragma unroll
@@ -332,7 +395,8 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
   }
 }
 
-// One warp per query row: merges the splits' partial softmaxes and writes BF16.
+// One warp per query row: merges the splits' partial softmaxes and writes BF16. The split weights
+// come first (lanes over splits), then every lane's channels over all splits with independent loads.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kRowsPerCta * 32) combine_splits_kernel(const SplitKvParams p) {
   const int r = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -341,22 +405,39 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) combine_splits_kernel(const 
   const int row = chunk * kRowsPerCta + r;
   if (row >= q_len * p.group) return;
   const int64_t first = ((int64_t(b) * p.layout.kv_heads + h) * p.chunks + chunk) * p.splits;
+  __shared__ float weights[kRowsPerCta][kMaxSplits];
   float merged_max = -INFINITY;
-  for (int s = 0; s < p.splits; ++s) merged_max = fmaxf(merged_max, p.partial_ml[(first + s) * kRowsPerCta + r].x);
-  constexpr int kPerLane = kHeadDim / 32;
-  float o[kPerLane] = {}, merged_sum = 0.0f;
-  for (int s = 0; s < p.splits; ++s) {
+  for (int s = lane; s < p.splits; s += 32) merged_max = fmaxf(merged_max, p.partial_ml[(first + s) * kRowsPerCta + r].x);
+  #pragma unroll
+  for (int off = 16; off > 0; off /= 2) merged_max = fmaxf(merged_max, __shfl_xor_sync(0xFFFFFFFFu, merged_max, off));
+  float merged_sum = 0.0f;
+  for (int s = lane; s < p.splits; s += 32) {
     const float2 ml = p.partial_ml[(first + s) * kRowsPerCta + r];
-    if (ml.x == -INFINITY) continue;  // a split past this row's causal end: nothing written
-    const float weight = exp2f(ml.x - merged_max);
-    merged_sum += ml.y * weight;
-    const float* src = p.partial_o + ((first + s) * kRowsPerCta + r) * kHeadDim;
-    #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) o[i] += src[lane + 32 * i] * weight;
+    const float w = ml.x == -INFINITY ? 0.0f : exp2f(ml.x - merged_max);  // -inf: past the causal end
+    weights[r][s] = w;
+    merged_sum += ml.y * w;
+  }
+  #pragma unroll
+  for (int off = 16; off > 0; off /= 2) merged_sum += __shfl_xor_sync(0xFFFFFFFFu, merged_sum, off);
+  __syncwarp();
+  constexpr int kPerLane = kHeadDim / 32;  // contiguous channels per lane
+  using Vec = std::conditional_t<kPerLane == 4, float4, float2>;
+  float o[kPerLane] = {};
+  const float* src = p.partial_o + (first * kRowsPerCta + r) * kHeadDim + lane * kPerLane;
+  #pragma unroll 8
+  for (int s = 0; s < p.splits; ++s) {
+    const float w = weights[r][s];
+    const Vec x = *reinterpret_cast<const Vec*>(src + int64_t(s) * kRowsPerCta * kHeadDim);
+    o[0] += x.x * w;
+    o[1] += x.y * w;
+    if constexpr (kPerLane == 4) {
+      o[2] += x.z * w;
+      o[3] += x.w * w;
+    }
   }
   const int64_t out_row = int64_t(q_begin + row / p.group) * p.q_heads + h * p.group + row % p.group;
   #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) p.out[out_row * kHeadDim + lane + 32 * i] = bf16_from_float(o[i] / merged_sum);
+  for (int i = 0; i < kPerLane; ++i) p.out[out_row * kHeadDim + lane * kPerLane + i] = bf16_from_float(o[i] / merged_sum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +446,7 @@ struct SplitPlan {
   int chunks, splits, tiles_per_split;
 };
 
-int sm_count() {
+int sm_count() {  // of the current device; launchers may be called during graph capture
   int device = 0, count = 0;
   FIREQ_CUDA_CHECK(cudaGetDevice(&device));
   FIREQ_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
@@ -377,8 +458,8 @@ SplitPlan plan_splits(const PagedAttentionArgs& args) {
   const int chunks = (args.max_query_len * group + kRowsPerCta - 1) / kRowsPerCta;
   const int tiles = (args.max_seq_len + kTileTokens - 1) / kTileTokens;
   const int64_t units = int64_t{args.sequences.batch} * args.cache.layout.kv_heads * chunks;
-  const int64_t target_ctas = 4LL * sm_count();  // ~4 resident CTAs of 4 warps per SM
-  const int max_splits = std::max(1, (tiles + kWarps - 1) / kWarps);
+  const int64_t target_ctas = int64_t{kCtasPerSm} * sm_count();  // one wave
+  const int max_splits = std::clamp((tiles + kWarps - 1) / kWarps, 1, kMaxSplits);
   int splits = static_cast<int>(std::clamp<int64_t>((target_ctas + units - 1) / units, 1, max_splits));
   const int tiles_per_split = (tiles + splits - 1) / splits;
   splits = (tiles + tiles_per_split - 1) / tiles_per_split;
@@ -387,6 +468,14 @@ SplitPlan plan_splits(const PagedAttentionArgs& args) {
 
 int64_t partial_rows(const PagedAttentionArgs& args, const SplitPlan& plan) {
   return int64_t{args.sequences.batch} * args.cache.layout.kv_heads * plan.chunks * plan.splits * kRowsPerCta;
+}
+
+template <int kHeadDim>
+void launch_main(dim3 grid, const SplitKvParams& p, cudaStream_t stream) {
+  constexpr int kBytes = static_cast<int>(kSmemBytes<kHeadDim>);
+  FIREQ_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_splitkv_kernel<kHeadDim>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+  paged_attention_splitkv_kernel<kHeadDim><<<grid, kWarps * 32, kBytes, stream>>>(p);
 }
 
 }  // namespace
@@ -433,9 +522,9 @@ void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, vo
   const dim3 grid(plan.splits, layout.kv_heads * plan.chunks, args.sequences.batch);
   const auto s = static_cast<cudaStream_t>(stream);
   if (layout.head_dim == 128) {
-    paged_attention_splitkv_kernel<128><<<grid, kWarps * 32, 0, s>>>(p);
+    launch_main<128>(grid, p, s);
   } else {
-    paged_attention_splitkv_kernel<64><<<grid, kWarps * 32, 0, s>>>(p);
+    launch_main<64>(grid, p, s);
   }
   FIREQ_CUDA_CHECK_LAUNCH();
   if (plan.splits > 1) {

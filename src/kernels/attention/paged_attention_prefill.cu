@@ -1,0 +1,321 @@
+// Causal prefill attention of FP8 queries over a paged INT4 KV cache (chunked prefill: the queries
+// are the last q_len tokens of each sequence), FlashAttention-2 style on mma.sync: the first, correct
+// prefill kernel. The FlashAttention-3 structure (TMA producer, ping-pong wgmma consumers, FP8 P) is
+// the next step; this one keeps the split-KV kernel's numerics (PRounding::fp16).
+//
+// CTA = 64 query tokens of one query head (4 warps x 16 rows); the CTA streams the head's KV through a
+// 2-stage cp.async pipeline of 64-token tiles in shared memory: K rows [token][d/2] (padded against
+// bank conflicts) and V^T rows [d][tokens/2], exactly as they sit in a page. Per warp and tile:
+//   S = Q K^T   (A = Q in registers, B = K from shared memory, INT4 -> FP16 exact)
+//   O += P V    (A = P straight from S's accumulators, B = V^T from shared memory)
+// Which cache token is "logical key x" of the tile is permuted (key_of) so that each thread reads
+// whole 16-byte K quarter-rows and 8-byte V^T pieces and the P fragments need no data movement.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "fireq/cuda_check.h"
+#include "fireq/error.h"
+#include "fireq/kernels/attention.h"
+
+namespace fireq::attention {
+namespace {
+
+constexpr int kTile = 64;         // query tokens per CTA and KV tokens per pipeline stage
+constexpr int kWarps = 4;         // 16 query rows each
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct PrefillParams {
+  const uint8_t* q;
+  const uint16_t* q_scale;
+  const int32_t* query_start;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  const uint8_t* k;
+  const uint8_t* v;
+  const uint16_t* k_scale;
+  const uint16_t* v_scale;
+  PagedKvLayout layout;
+  int max_pages_per_seq;
+  int q_heads, group;
+  float score_factor;  // softmax_scale * log2(e)
+  uint16_t* out;
+};
+
+__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Nibbles j and j + 4 of a word of 8 two's-complement INT4 values, as exact FP16 (low, high).
+__device__ __forceinline__ uint32_t int4_pair_to_f16x2(uint32_t word, int j) {
+  const uint32_t biased = ((word >> (4 * j)) & 0x000F000Fu) ^ 0x64086408u;  // 1032 + value
+  const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&biased), __half2half2(__ushort_as_half(0x6408)));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ uint32_t pack_f16x2(float low, float high) {
+  const __half2 h = __floats2half2_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
+
+template <int kBytes>
+__device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? kBytes : 0;
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+  } else {
+    static_assert(kBytes == 8, "16- or 8-byte pieces");
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+  }
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// The cache token (offset in the KV tile) behind column `col` (0..7) of S's n-tile `nt` (0..7). Thread
+// t's P values for PV k-step kk then belong to tokens 16t + {8(kk>>1) + 2(kk&1)} + {0,4} (b0) and
+// + {1,5} (b1): nibbles j, j + 4 of word kk>>1 of the 8-byte V^T piece holding tokens 16t .. 16t+15.
+__device__ __forceinline__ int key_of(int nt, int col) {
+  const int kk = nt >> 1, hh = nt & 1;
+  return 16 * (col >> 1) + 8 * (kk >> 1) + 2 * (kk & 1) + hh + 4 * (col & 1);
+}
+
+// Channel of element `high` of pair p of thread t's slice of a K row (the Q channel to match).
+template <int kHeadDim>
+__device__ __forceinline__ int q_channel_of_pair(int t, int p, int high) {
+  return t * (kHeadDim / 4) + 8 * (p >> 2) + (p & 3) + 4 * high;
+}
+
+template <int kHeadDim>
+struct KvStage {
+  static constexpr int kKPitch = kHeadDim / 2 + 16;  // bytes; the padding spreads 8 rows over all banks
+  uint8_t k[kTile][kKPitch];
+  uint8_t v[kHeadDim][kTile / 2];
+  uint16_t k_scale[kTile], v_scale[kTile];
+};
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(const PrefillParams p) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  constexpr int kSteps = kHeadDim / 16;  // k-steps of S = Q K^T
+  constexpr int kDTiles = kHeadDim / 8;  // n-tiles of O
+  constexpr int kKWords = kHeadDim / 32;
+  __shared__ __align__(16) KvStage<kHeadDim> stages[2];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int q_tile = gridDim.x - 1 - blockIdx.x;  // longest causal ranges first
+  const int head = blockIdx.y, b = blockIdx.z, h = head / p.group;
+  const int q_begin = p.query_start[b], q_len = p.query_start[b + 1] - q_begin, seq_len = p.seq_lens[b];
+  if (q_tile * kTile >= q_len) return;
+  const int first_pos = seq_len - q_len;  // position of query 0
+  const int kv_end = first_pos + min(q_len, (q_tile + 1) * kTile);
+
+  // Q rows g and g + 8 of this warp as A fragments, channels permuted like the K slices.
+  const int row_query[2] = {q_tile * kTile + warp * 16 + g, q_tile * kTile + warp * 16 + g + 8};
+  uint32_t q_frag[kSteps][4];
+  float row_factor[2];
+  int row_pos[2];
+  #pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const bool valid = row_query[rh] < q_len;
+    const int64_t row = int64_t(q_begin + min(row_query[rh], q_len - 1)) * p.q_heads + head;
+    const uint8_t* q_row = p.q + row * kHeadDim;
+    row_factor[rh] = valid ? bf16_bits_to_float(p.q_scale[row]) * p.score_factor : 0.0f;
+    row_pos[rh] = first_pos + row_query[rh];
+    #pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+      #pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int pair = 2 * s + half;
+        const float lo = valid ? fp8_e4m3_to_float(q_row[q_channel_of_pair<kHeadDim>(t, pair, 0)]) : 0.0f;
+        const float hi = valid ? fp8_e4m3_to_float(q_row[q_channel_of_pair<kHeadDim>(t, pair, 1)]) : 0.0f;
+        q_frag[s][rh + 2 * half] = pack_f16x2(lo, hi);  // a0/a1: pair 2s of rows g/g+8, a2/a3: pair 2s+1
+      }
+  }
+
+  const int32_t* pages = p.block_table + int64_t(b) * p.max_pages_per_seq;
+  const int page_size = p.layout.page_size;
+  auto issue_tile = [&](int tile) {
+    const int tile_start = tile * kTile;
+    KvStage<kHeadDim>& st = stages[tile & 1];
+    constexpr int kKPieces = kTile * kHeadDim / 32;  // 16-byte pieces of the tile's K rows
+    for (int piece = threadIdx.x; piece < kKPieces; piece += kWarps * 32) {
+      const int row = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32), pos = tile_start + row;
+      const bool valid = pos < kv_end;
+      const uint8_t* src = valid ? p.k + p.layout.k_row_offset(pages[pos / page_size], h, pos % page_size) + part * 16 : p.k;
+      copy_async<16>(&st.k[row][part * 16], src, valid);
+    }
+    constexpr int kVPieces = kHeadDim * (kTile / 16);  // 8-byte pieces: 16 tokens of one channel
+    for (int piece = threadIdx.x; piece < kVPieces; piece += kWarps * 32) {
+      const int channel = piece / (kTile / 16), part = piece % (kTile / 16), pos = tile_start + 16 * part;
+      const bool valid = pos < kv_end;
+      const uint8_t* src =
+          valid ? p.v + p.layout.v_channel_offset(pages[pos / page_size], h, channel) + (pos % page_size) / 2 : p.v;
+      copy_async<8>(&st.v[channel][8 * part], src, valid);
+    }
+    if (threadIdx.x < 2 * kTile / 4) {  // 4 scales (8 bytes) per thread, K then V
+      const int pos = tile_start + 4 * (threadIdx.x % (kTile / 4));
+      const bool is_k = threadIdx.x < kTile / 4, valid = pos < kv_end;
+      const uint16_t* scales = is_k ? p.k_scale : p.v_scale;
+      const uint16_t* src = valid ? scales + p.layout.scale_offset(pages[pos / page_size], h, pos % page_size) : scales;
+      copy_async<8>((is_k ? st.k_scale : st.v_scale) + 4 * (threadIdx.x % (kTile / 4)), src, valid);
+    }
+  };
+
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  float o_acc[kDTiles][4] = {};
+  const int tiles = (kv_end + kTile - 1) / kTile;
+  issue_tile(0);
+  copy_async_commit();
+  for (int tile = 0; tile < tiles; ++tile) {
+    if (tile + 1 < tiles) issue_tile(tile + 1);
+    copy_async_commit();
+    copy_async_wait<1>();
+    __syncthreads();
+    const KvStage<kHeadDim>& st = stages[tile & 1];
+    const int tile_start = tile * kTile;
+
+    // S = Q K^T, 8 n-tiles of 8 keys, scaled into the log2 domain and masked.
+    float s[8][4];
+    #pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      uint32_t k_words[kKWords];
+      const uint8_t* k_src = &st.k[key_of(nt, g)][t * (kHeadDim / 8)];
+      if constexpr (kKWords == 4) {
+        const uint4 x = *reinterpret_cast<const uint4*>(k_src);
+        k_words[0] = x.x; k_words[1] = x.y; k_words[2] = x.z; k_words[3] = x.w;
+      } else {
+        const uint2 x = *reinterpret_cast<const uint2*>(k_src);
+        k_words[0] = x.x; k_words[1] = x.y;
+      }
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+      #pragma unroll
+      for (int step = 0; step < kSteps; ++step) {
+        const int word = step / 2, nib = 2 * (step % 2);
+        mma_f16_16816(s[nt], q_frag[step], int4_pair_to_f16x2(k_words[word], nib),
+                      int4_pair_to_f16x2(k_words[word], nib + 1));
+      }
+      #pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int key = key_of(nt, 2 * t + c), pos = tile_start + key;
+        const float k_scale = bf16_bits_to_float(st.k_scale[key]);
+        #pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+          float& x = s[nt][2 * rh + c];
+          x = (pos < kv_end && pos <= row_pos[rh]) ? (x * k_scale) * row_factor[rh] : -INFINITY;
+        }
+      }
+    }
+
+    // Online softmax per row; a row is shared by the 4 threads of a quad.
+    float alpha[2], base[2];
+    #pragma unroll
+    for (int rh = 0; rh < 2; ++rh) {
+      float tile_max = -INFINITY;
+      #pragma unroll
+      for (int nt = 0; nt < 8; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * rh], s[nt][2 * rh + 1]));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 2));
+      const float new_max = fmaxf(row_max[rh], tile_max);
+      base[rh] = new_max == -INFINITY ? 0.0f : new_max;
+      alpha[rh] = exp2f(row_max[rh] - base[rh]);
+      row_max[rh] = new_max;
+      row_sum[rh] *= alpha[rh];
+    }
+    #pragma unroll
+    for (int i = 0; i < kDTiles; ++i)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[i][e] *= alpha[e >> 1];
+
+    // P (times the token's V scale) to FP16: S's accumulators are already P's A fragments.
+    uint32_t p_frag[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      float pv[4];
+      #pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int key = key_of(nt, 2 * t + c);
+        const float v_scale = tile_start + key < kv_end ? bf16_bits_to_float(st.v_scale[key]) : 0.0f;
+        #pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+          const float prob = exp2f(s[nt][2 * rh + c] - base[rh]);
+          row_sum[rh] += prob;
+          pv[2 * rh + c] = prob * v_scale;
+        }
+      }
+      p_frag[nt >> 1][2 * (nt & 1)] = pack_f16x2(pv[0], pv[1]);      // row g
+      p_frag[nt >> 1][2 * (nt & 1) + 1] = pack_f16x2(pv[2], pv[3]);  // row g + 8
+    }
+
+    // O += P V: B = V^T piece of channel 8i + g, tokens 16t .. 16t+15.
+    #pragma unroll
+    for (int i = 0; i < kDTiles; ++i) {
+      const uint2 w = *reinterpret_cast<const uint2*>(&st.v[8 * i + g][8 * t]);
+      #pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint32_t word = (kk >> 1) ? w.y : w.x;
+        const int nib = 2 * (kk & 1);
+        mma_f16_16816(o_acc[i], p_frag[kk], int4_pair_to_f16x2(word, nib), int4_pair_to_f16x2(word, nib + 1));
+      }
+    }
+    __syncthreads();  // the stage is overwritten by the next iteration's copies
+  }
+
+  #pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    row_sum[rh] += __shfl_xor_sync(0xFFFFFFFFu, row_sum[rh], 1);
+    row_sum[rh] += __shfl_xor_sync(0xFFFFFFFFu, row_sum[rh], 2);
+    if (row_query[rh] >= q_len) continue;
+    uint16_t* out = p.out + (int64_t(q_begin + row_query[rh]) * p.q_heads + head) * kHeadDim;
+    const float inv = 1.0f / row_sum[rh];
+    #pragma unroll
+    for (int i = 0; i < kDTiles; ++i) {
+      const uint32_t pair = uint32_t(bf16_from_float(o_acc[i][2 * rh] * inv)) |
+                            (uint32_t(bf16_from_float(o_acc[i][2 * rh + 1] * inv)) << 16);
+      *reinterpret_cast<uint32_t*>(out + 8 * i + 2 * t) = pair;
+    }
+  }
+}
+
+}  // namespace
+
+void paged_attention_prefill(const PagedAttentionArgs& args, void* stream) {
+  check_shapes(args);
+  const PagedKvLayout& layout = args.cache.layout;
+  const int q_tiles = (args.max_query_len + kTile - 1) / kTile;
+  if (args.q_heads > 65535 || args.sequences.batch > 65535)
+    fail("paged_attention_prefill: q_heads ", args.q_heads, " and batch ", args.sequences.batch, " must be <= 65535");
+  PrefillParams p{};
+  p.q = args.q;
+  p.q_scale = args.q_scale;
+  p.query_start = args.query_start;
+  p.block_table = args.sequences.block_table;
+  p.seq_lens = args.sequences.seq_lens;
+  p.k = args.cache.k;
+  p.v = args.cache.v;
+  p.k_scale = args.cache.k_scale;
+  p.v_scale = args.cache.v_scale;
+  p.layout = layout;
+  p.max_pages_per_seq = args.sequences.max_pages_per_seq;
+  p.q_heads = args.q_heads;
+  p.group = args.q_heads / layout.kv_heads;
+  p.score_factor = args.softmax_scale * kLog2e;
+  p.out = args.out;
+  const dim3 grid(q_tiles, args.q_heads, args.sequences.batch);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (layout.head_dim == 128) {
+    paged_attention_prefill_kernel<128><<<grid, kWarps * 32, 0, s>>>(p);
+  } else {
+    paged_attention_prefill_kernel<64><<<grid, kWarps * 32, 0, s>>>(p);
+  }
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace fireq::attention
