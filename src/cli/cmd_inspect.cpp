@@ -100,6 +100,30 @@ void print_tensor_list(const std::vector<TensorEntry>& tensors) {
                 static_cast<unsigned long long>(t.bytes));
 }
 
+// Number of elements of an array-valued key, or -1 when absent.
+int64_t array_length(const GgufFile& gguf, std::string_view key) {
+  const GgufValue* v = gguf.find(key);
+  return v && v->is_array() ? static_cast<int64_t>(std::get<GgufValue::Array>(v->value).size()) : -1;
+}
+
+void print_gguf_tokenizer(const GgufFile& gguf) {
+  if (!gguf.has("tokenizer.ggml.model")) {
+    std::printf("tokenizer:    none in the file\n");
+    return;
+  }
+  std::printf("tokenizer:    %s", gguf.get_string("tokenizer.ggml.model").c_str());
+  if (gguf.has("tokenizer.ggml.pre")) std::printf(" (pre-tokenizer %s)", gguf.get_string("tokenizer.ggml.pre").c_str());
+  std::printf(", %lld tokens", static_cast<long long>(array_length(gguf, "tokenizer.ggml.tokens")));
+  if (const int64_t merges = array_length(gguf, "tokenizer.ggml.merges"); merges >= 0)
+    std::printf(", %lld merges", static_cast<long long>(merges));
+  for (const char* id : {"bos", "eos", "padding", "unknown"}) {
+    const std::string key = std::string("tokenizer.ggml.") + id + "_token_id";
+    if (gguf.has(key)) std::printf(", %s %lld", id, static_cast<long long>(gguf.get_int(key)));
+  }
+  if (gguf.has("tokenizer.chat_template")) std::printf(", chat template");
+  std::printf("\n");
+}
+
 int inspect_gguf(const fs::path& path, bool list, bool show_metadata) {
   const GgufFile gguf(path);
   std::printf("file:         %s\nformat:       GGUF v%u (alignment %llu)\n", path.string().c_str(),
@@ -122,6 +146,7 @@ int inspect_gguf(const fs::path& path, bool list, bool show_metadata) {
       std::printf(", quantization_version %lld", static_cast<long long>(gguf.get_int("general.quantization_version")));
     std::printf("\n");
   }
+  print_gguf_tokenizer(gguf);
   if (show_metadata) {
     std::printf("\nmetadata (%zu keys):\n", gguf.metadata().size());
     for (const auto& [key, value] : gguf.metadata())
@@ -182,6 +207,11 @@ int inspect_safetensors(const fs::path& path, bool list, bool show_metadata) {
   } else {
     std::printf("config:       none (no config.json beside the checkpoint)\n");
   }
+  std::string tokenizer_files;
+  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "tokenizer.gguf"})
+    if (fs::exists(dir / name)) tokenizer_files += std::string(tokenizer_files.empty() ? "" : ", ") + name;
+  std::printf("tokenizer:    %s\n", tokenizer_files.empty() ? "no tokenizer file beside the checkpoint"
+                                                           : tokenizer_files.c_str());
   std::vector<TensorEntry> tensors;
   for (const TensorView* t : checkpoint.tensors())
     tensors.push_back({t->name, std::string(dtype_name(t->dtype)), t->shape, t->data.size()});

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -65,6 +66,19 @@ std::string shard_file_name(size_t index, size_t count) {
   return name;
 }
 
+// Shards of an earlier write with another shard count would otherwise linger beside the new ones.
+void remove_stale_shards(const std::filesystem::path& dir, const std::vector<std::filesystem::path>& keep) {
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    unsigned index = 0, count = 0;
+    char tail[32] = {};
+    const bool is_shard = std::sscanf(name.c_str(), "model-%5u-of-%5u.%31s", &index, &count, tail) == 3 &&
+                          std::string(tail) == "safetensors";
+    if (is_shard && std::find(keep.begin(), keep.end(), entry.path()) == keep.end())
+      std::filesystem::remove(entry.path());
+  }
+}
+
 }  // namespace
 
 void write_safetensors(const std::filesystem::path& path, std::span<const TensorToWrite> tensors,
@@ -105,6 +119,7 @@ std::vector<std::filesystem::path> write_safetensors_checkpoint(
   if (shards.size() <= 1) {
     write_safetensors(single, tensors, metadata);
     std::filesystem::remove(index_path);
+    remove_stale_shards(dir, {});
     return {single};
   }
   std::filesystem::remove(single);
@@ -125,6 +140,7 @@ std::vector<std::filesystem::path> write_safetensors_checkpoint(
   const std::string text = index.dump(2) + "\n";
   write_file_atomic(index_path, std::as_bytes(std::span(text.data(), text.size())));
   written.push_back(index_path);
+  remove_stale_shards(dir, written);
   return written;
 }
 

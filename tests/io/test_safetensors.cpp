@@ -267,9 +267,16 @@ TEST_F(Safetensors, ShardedCheckpointRoundTrips) {
   const auto index = nlohmann::json::parse(read_bytes(path("model.safetensors.index.json")));
   EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(), 7u * 512u);
 
-  // Everything fits one file: a single model.safetensors replaces the shards' index.
+  // Fewer shards: the earlier write's extra shards are removed.
+  write_safetensors_checkpoint(dir_, views(tensors), metadata, 2100);
+  EXPECT_FALSE(std::filesystem::exists(path("model-00004-of-00004.safetensors")));
+  EXPECT_TRUE(std::filesystem::exists(path("model-00002-of-00002.safetensors")));
+  EXPECT_EQ(SafetensorsCheckpoint(dir_).tensors().size(), tensors.size());
+
+  // Everything fits one file: a single model.safetensors replaces the shards and their index.
   write_safetensors_checkpoint(dir_, views(tensors), metadata);
   EXPECT_FALSE(std::filesystem::exists(path("model.safetensors.index.json")));
+  EXPECT_FALSE(std::filesystem::exists(path("model-00001-of-00002.safetensors")));
   EXPECT_EQ(SafetensorsCheckpoint(dir_).tensors().size(), tensors.size());
 }
 
