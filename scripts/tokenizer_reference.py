@@ -97,6 +97,29 @@ SPECIAL_TEXT = {
 }
 
 
+# Random strings: short runs drawn from the character classes the pre-tokenizer regexes
+# distinguish, so that their boundaries meet in every combination.
+RANDOM_ALPHABET = [
+    "abcxyzABCXYZ", "0123456789", " ", "  \t", "\n", "\r\n", "\r", "'", "'sStTmMdDlLrReEvV",
+    ".,;:!?-_()[]{}<>\"#$%&*+/=@\\^`|~", "éüßÆøñ", "日本語中文한국", "٠١٢٣٤٥", "²³½Ⅻ",
+    "\u00a0\u2009\u3000\u0085\u2028", "\u0301\u0308\u200d", "😀👍🏽👨‍👩‍👧🇫🇷", "ſ",
+    "मनस्ते", "مرحبا",
+]
+
+
+def random_strings(count, seed):
+    import random
+    rng = random.Random(seed)
+    strings = []
+    for i in range(count):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            chars = rng.choice(RANDOM_ALPHABET)
+            parts.append("".join(rng.choice(chars) for _ in range(rng.randint(1, 4))))
+        strings.append((f"random_{seed}_{i}", "".join(parts)))
+    return strings
+
+
 # ---- GGUF metadata (the header only; tensors are not read) -------------------------------------
 GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                 10: "<Q", 11: "<q", 12: "<d"}
@@ -295,10 +318,13 @@ def main():
     parser.add_argument("--only", choices=["smollm2", "llama3_style", "spm"])
     parser.add_argument("--wiki-chars", type=int, default=1_000_000,
                         help="characters of the Wikipedia dump to compare (default 1M, -1: all)")
+    parser.add_argument("--random-strings", type=int, default=300,
+                        help="random strings mixing character classes to compare (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random strings")
     args = parser.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
     start = time.time()
-    texts = CORPUS + corpus_files(args.wiki_chars)
+    texts = CORPUS + corpus_files(args.wiki_chars) + random_strings(args.random_strings, args.seed)
     builders = {
         "smollm2": (build_smollm2, ["smollm2", GGUF_PATH]),
         "llama3_style": (build_llama3_style, ["llama3_style"]),

@@ -187,4 +187,106 @@ TEST_F(TokenizerFiles, ErrorsNameTheFileAndProblem) {
   EXPECT_NE(load_error(dir_).find("neither tokenizer.json nor tokenizer.model"), std::string::npos);
 }
 
+// A metadata-only GGUF v3 file (no tensors), as llama.cpp stores a tokenizer.
+class GgufMetadataWriter {
+ public:
+  GgufMetadataWriter& string(std::string_view key, std::string_view value) {
+    begin(key, 8);
+    text(value);
+    return *this;
+  }
+  GgufMetadataWriter& int32(std::string_view key, int32_t value) {
+    begin(key, 5);
+    raw(value);
+    return *this;
+  }
+  GgufMetadataWriter& strings(std::string_view key, const std::vector<std::string>& values) {
+    begin(key, 9);
+    raw(uint32_t{8});
+    raw(uint64_t{values.size()});
+    for (const std::string& v : values) text(v);
+    return *this;
+  }
+  GgufMetadataWriter& int32s(std::string_view key, const std::vector<int32_t>& values) {
+    begin(key, 9);
+    raw(uint32_t{5});
+    raw(uint64_t{values.size()});
+    for (const int32_t v : values) raw(v);
+    return *this;
+  }
+  void write(const fs::path& path) const {
+    std::string file = "GGUF";
+    auto append = [&](auto value) { file.append(reinterpret_cast<const char*>(&value), sizeof value); };
+    append(uint32_t{3});
+    append(uint64_t{0});
+    append(count_);
+    file += body_;
+    file.append((32 - file.size() % 32) % 32, '\0');
+    std::ofstream(path, std::ios::binary) << file;
+  }
+
+ private:
+  template <typename T>
+  void raw(T value) { body_.append(reinterpret_cast<const char*>(&value), sizeof value); }
+  void text(std::string_view value) {
+    raw(uint64_t{value.size()});
+    body_ += value;
+  }
+  void begin(std::string_view key, uint32_t type) {
+    text(key);
+    raw(type);
+    ++count_;
+  }
+  std::string body_;
+  uint64_t count_ = 0;
+};
+
+const std::vector<std::string> kTinyTokens = {"h", "e", "l", "o", "Ġ", "he", "ll", "hell",
+                                               "hello", "<|eot|>", "Ċ", "Ġhello"};
+const std::vector<std::string> kTinyMerges = {"h e", "l l", "he ll", "hell o", "Ġ hello"};
+
+GgufMetadataWriter tiny_gguf(std::string_view pre) {
+  GgufMetadataWriter gguf;
+  gguf.string("tokenizer.ggml.model", "gpt2")
+      .string("tokenizer.ggml.pre", pre)
+      .strings("tokenizer.ggml.tokens", kTinyTokens)
+      .strings("tokenizer.ggml.merges", kTinyMerges)
+      .int32s("tokenizer.ggml.token_type", {1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 1, 1})
+      .int32("tokenizer.ggml.bos_token_id", 9);
+  return gguf;
+}
+
+TEST_F(TokenizerFiles, GgufByteLevelBpe) {
+  tiny_gguf("gpt-2").write(dir_ / "tiny.gguf");
+  const auto tokenizer = fireq::load_tokenizer(dir_ / "tiny.gguf");
+  EXPECT_EQ(tokenizer->encode("hello hello<|eot|>\n", true), (std::vector<int32_t>{9, 8, 11, 9, 10}));
+  EXPECT_EQ(tokenizer->bos_id(), 9);
+  EXPECT_EQ(tokenizer->eos_id(), -1);
+}
+
+TEST_F(TokenizerFiles, GgufErrorsNameTheKey) {
+  tiny_gguf("mystery").write(dir_ / "pre.gguf");
+  EXPECT_NE(load_error(dir_ / "pre.gguf").find("tokenizer.ggml.pre 'mystery' is not supported"),
+            std::string::npos) << load_error(dir_ / "pre.gguf");
+  tiny_gguf("gpt-2").int32("tokenizer.ggml.eos_token_id", 12).write(dir_ / "eos.gguf");
+  EXPECT_NE(load_error(dir_ / "eos.gguf").find("eos_token_id = 12 is outside the vocabulary"),
+            std::string::npos) << load_error(dir_ / "eos.gguf");
+  GgufMetadataWriter().string("tokenizer.ggml.model", "bert").write(dir_ / "bert.gguf");
+  EXPECT_NE(load_error(dir_ / "bert.gguf").find("tokenizer.ggml.model 'bert' is not supported"),
+            std::string::npos);
+  GgufMetadataWriter()
+      .string("tokenizer.ggml.model", "llama")
+      .strings("tokenizer.ggml.tokens", {"<unk>", "a"})
+      .write(dir_ / "scores.gguf");
+  EXPECT_NE(load_error(dir_ / "scores.gguf").find("tokenizer.ggml.scores"), std::string::npos)
+      << load_error(dir_ / "scores.gguf");
+  GgufMetadataWriter()
+      .string("tokenizer.ggml.model", "gpt2")
+      .strings("tokenizer.ggml.tokens", kTinyTokens)
+      .strings("tokenizer.ggml.merges", {"h e", "hx"})
+      .write(dir_ / "merges.gguf");
+  EXPECT_NE(load_error(dir_ / "merges.gguf").find("tokenizer.ggml.merges[1] 'hx' is not two symbols"),
+            std::string::npos) << load_error(dir_ / "merges.gguf");
+}
+
 }  // namespace
