@@ -2,7 +2,7 @@
 # One device call for the attention area: GPU tests, compute-sanitizer on small cases, our
 # benchmark, then the peers in the same call. Binaries come prebuilt in build-attn/bin (carried);
 # the peers need .whl/ carried (fbgemm-gpu-genai 1.6.0, nvidia-cudnn-frontend).
-# Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
+# ATTN_PEERS=0 / ATTN_RACECHECK=0 skip those parts. Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bin=build-attn/bin
@@ -17,9 +17,11 @@ echo "== compute-sanitizer (memcheck, small cases)"
 compute-sanitizer --tool memcheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
   --gtest_filter='*Quantize*:*ChunkedPrefill*:*Launchers*' > "$out/sanitizer.log" 2>&1
 echo "memcheck exit $?"; tail -3 "$out/sanitizer.log"
-compute-sanitizer --tool racecheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
-  --gtest_filter='*ChunkedPrefill*' >> "$out/sanitizer.log" 2>&1
-echo "racecheck exit $?"; tail -3 "$out/sanitizer.log"
+if [[ "${ATTN_RACECHECK:-1}" == 1 ]]; then
+  compute-sanitizer --tool racecheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
+    --gtest_filter='*ChunkedPrefill*' >> "$out/sanitizer.log" 2>&1
+  echo "racecheck exit $?"; tail -3 "$out/sanitizer.log"
+fi
 
 echo "== ours"
 $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"

@@ -39,14 +39,16 @@ FIREQ_HD float kv_int4_scale_e4m3(float row_absmax) {
   return fp8_e4m3_to_float(int4_group_scale_e4m3(row_absmax));
 }
 
-constexpr int kPageSizeMultiple = 16;  // kernels read 16-token chunks that must not cross pages
+// Page sizes are powers of two >= 16: kernels read 16-token chunks that must not cross pages, and
+// find a token's page with a shift.
+constexpr int kPageSizeMultiple = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Layout.
 
 struct PagedKvLayout {
   int num_pages = 0;
-  int page_size = 0;  // tokens per page, a multiple of kPageSizeMultiple
+  int page_size = 0;  // tokens per page, a power of two >= kPageSizeMultiple
   int kv_heads = 0;
   int head_dim = 0;   // 64 or 128
 

@@ -33,8 +33,8 @@ namespace {
 constexpr int kTileTokens = 64;   // per warp iteration: 4 MMA row tiles of 16 tokens
 constexpr int kWarps = 4;
 constexpr int kRowsPerCta = 8;    // query rows: the n = 8 of m16n8k16
-constexpr int kStages = 3;        // tiles in flight per warp (cp.async groups)
-constexpr int kCtasPerSm = 2;     // what the shared memory allows (~100 KB per CTA)
+constexpr int kStages = 2;        // tiles per warp in shared memory (cp.async groups)
+constexpr int kCtasPerSm = 3;     // what shared memory (67 KB per CTA) and registers (<= 168) allow
 constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -50,6 +50,7 @@ struct SplitKvParams {
   const uint16_t* v_scale;
   PagedKvLayout layout;
   int max_pages_per_seq;
+  int page_shift;       // log2(page_size)
   int q_heads, group;
   int chunks;           // row chunks per KV head
   int splits;
@@ -192,39 +193,47 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
   TileStage<kHeadDim>* stages = reinterpret_cast<TileStage<kHeadDim>*>(smem) + warp * kStages;
 
   // Issues the copies of this warp's `index`-th tile into stage index % kStages (nothing past the end).
+  // A thread's 8 K rows all lie in the tile's 16-token chunk g/2 (tile_token_of_row), its V^T pieces
+  // in chunk t, its 4 scales in chunk (lane % 16) / 4: three block-table lookups per tile.
   const int first_tile = tile_begin + warp;
+  auto chunk_slot = [&](int pos) {  // (page * kv_heads + h) * page_size + slot of a cached position
+    return (int64_t(pages[pos >> p.page_shift]) * p.layout.kv_heads + h) * page_size + (pos & (page_size - 1));
+  };
   auto issue_tile = [&](int index) {
     const int tile_start = (first_tile + index * kWarps) * kTileTokens;
     if (tile_start >= token_end) return;
     TileStage<kHeadDim>& st = stages[index % kStages];
-    #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    {
+      const int chunk_pos = tile_start + 16 * (g >> 1) + 4 * (g & 1);
+      const uint8_t* row0 = p.k + (chunk_pos < token_end ? chunk_slot(chunk_pos) * (kHeadDim / 2) + t * (kHeadDim / 8) : 0);
       #pragma unroll
-      for (int rh = 0; rh < 2; ++rh) {
-        const int pos = tile_start + tile_token_of_row(j, g + 8 * rh);
-        const bool valid = pos < token_end;
-        const uint8_t* src = p.k;
-        if (valid) src += p.layout.k_row_offset(pages[pos / page_size], h, pos % page_size) + t * (kHeadDim / 8);
-        copy_async<kHeadDim / 8>(st.k[j * 2 + rh][lane], src, valid);
-      }
+      for (int j = 0; j < 4; ++j)
+        #pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+          const int inner = 8 * (j >> 1) + 2 * (j & 1) + rh;  // tile_token_of_row(j, g + 8 rh) - chunk_pos + tile_start
+          const bool valid = chunk_pos + inner < token_end;
+          copy_async<kHeadDim / 8>(st.k[j * 2 + rh][lane], valid ? row0 + inner * (kHeadDim / 2) : p.k, valid);
+        }
+    }
     {
       const int pos = tile_start + 16 * t;  // this thread's 16 tokens of every V^T channel row
       const bool valid = pos < token_end;
-      const int page = valid ? pages[pos / page_size] : 0, slot = pos % page_size;
+      const int64_t slot = valid ? chunk_slot(pos) : 0;
+      // v_channel_offset(page, h, c) + slot / 2 = ((page * kv_heads + h) * d + c) * page_size / 2 + slot / 2
+      const uint8_t* channel0 =
+          p.v + ((slot >> p.page_shift) * kHeadDim + g) * (page_size / 2) + (slot & (page_size - 1)) / 2;
       #pragma unroll
       for (int i = 0; i < kSteps; ++i)
         #pragma unroll
-        for (int rh = 0; rh < 2; ++rh) {
-          const uint8_t* src = valid ? p.v + p.layout.v_channel_offset(page, h, 16 * i + g + 8 * rh) + slot / 2 : p.v;
-          copy_async<8>(&st.v[i * 2 + rh][lane], src, valid);
-        }
+        for (int rh = 0; rh < 2; ++rh)
+          copy_async<8>(&st.v[i * 2 + rh][lane], valid ? channel0 + (16 * i + 8 * rh) * (page_size / 2) : p.v, valid);
     }
     {
       const int pos = tile_start + 4 * (lane % 16);  // lanes 0-15: K scales, 16-31: V scales, 4 tokens each
       const bool valid = pos < token_end;
       const uint16_t* scales = lane < 16 ? p.k_scale : p.v_scale;
-      const uint16_t* src = valid ? scales + p.layout.scale_offset(pages[pos / page_size], h, pos % page_size) : scales;
-      copy_async<8>((lane < 16 ? st.k_scale : st.v_scale) + 4 * (lane % 16), src, valid);
+      copy_async<8>((lane < 16 ? st.k_scale : st.v_scale) + 4 * (lane % 16), valid ? scales + chunk_slot(pos) : scales,
+                    valid);
     }
   };
 
@@ -335,6 +344,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
     }
   }
   copy_async_wait<0>();  // no copy may land in the buffers the epilogue reuses
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the combine may start its launch
 
   // Column sums over the 8 threads of a column, then the 4 warps merge through shared memory.
   #pragma unroll
@@ -399,6 +409,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
 // come first (lanes over splits), then every lane's channels over all splits with independent loads.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kRowsPerCta * 32) combine_splits_kernel(const SplitKvParams p) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the main kernel's partials are written
   const int r = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = blockIdx.z, h = blockIdx.y / p.chunks, chunk = blockIdx.y % p.chunks;
   const int q_begin = p.query_start[b], q_len = p.query_start[b + 1] - q_begin;
@@ -508,6 +519,7 @@ void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, vo
   p.v_scale = args.cache.v_scale;
   p.layout = layout;
   p.max_pages_per_seq = args.sequences.max_pages_per_seq;
+  p.page_shift = __builtin_ctz(static_cast<unsigned>(layout.page_size));  // a power of two (check_layout)
   p.q_heads = args.q_heads;
   p.group = args.q_heads / layout.kv_heads;
   p.chunks = plan.chunks;
@@ -528,13 +540,22 @@ void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, vo
   }
   FIREQ_CUDA_CHECK_LAUNCH();
   if (plan.splits > 1) {
-    const dim3 combine_grid(1, layout.kv_heads * plan.chunks, args.sequences.batch);
+    // Programmatic dependent launch: the combine is scheduled while the main kernel drains and
+    // waits for its writes (griddepcontrol.wait) instead of paying a full launch gap.
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(1, layout.kv_heads * plan.chunks, args.sequences.batch);
+    config.blockDim = dim3(kRowsPerCta * 32);
+    config.stream = s;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
     if (layout.head_dim == 128) {
-      combine_splits_kernel<128><<<combine_grid, kRowsPerCta * 32, 0, s>>>(p);
+      FIREQ_CUDA_CHECK(cudaLaunchKernelEx(&config, combine_splits_kernel<128>, p));
     } else {
-      combine_splits_kernel<64><<<combine_grid, kRowsPerCta * 32, 0, s>>>(p);
+      FIREQ_CUDA_CHECK(cudaLaunchKernelEx(&config, combine_splits_kernel<64>, p));
     }
-    FIREQ_CUDA_CHECK_LAUNCH();
   }
 }
 

@@ -109,8 +109,8 @@ void check_layout(const PagedKvLayout& layout) {
   if (layout.head_dim != 64 && layout.head_dim != 128)
     fail("attention: head_dim ", layout.head_dim, " is not supported (64 or 128)");
   if (layout.kv_heads <= 0) fail("attention: kv_heads ", layout.kv_heads, " must be > 0");
-  if (layout.page_size <= 0 || layout.page_size % kPageSizeMultiple)
-    fail("attention: page_size ", layout.page_size, " must be a positive multiple of ", kPageSizeMultiple);
+  if (layout.page_size < kPageSizeMultiple || (layout.page_size & (layout.page_size - 1)))
+    fail("attention: page_size ", layout.page_size, " must be a power of two >= ", kPageSizeMultiple);
   if (layout.num_pages <= 0) fail("attention: num_pages ", layout.num_pages, " must be > 0");
 }
 
