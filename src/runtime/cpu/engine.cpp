@@ -66,9 +66,22 @@ void apply_rope(float* rows, int tokens, int heads, int head_dim, const float* c
   }
 }
 
+// Eight independent running maxima, so that the compiler can keep them in one vector register
+// (a single running maximum is a serial dependency chain, and max_element is not vectorized).
+float row_max(const float* x, int n) {
+  constexpr int kLanes = 8;
+  float lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, x[0]);
+  int j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
+  for (; j < n; ++j) lanes[0] = std::max(lanes[0], x[j]);
+  return *std::max_element(lanes, lanes + kLanes);
+}
+
 // In place over the first `valid` entries; the rest (masked) become 0.
 void softmax_prefix(float* row, int valid, int width) {
-  const float max = *std::max_element(row, row + valid);
+  const float max = row_max(row, valid);
   double sum = 0;
   for (int j = 0; j < valid; ++j) {
     row[j] = std::exp(row[j] - max);
