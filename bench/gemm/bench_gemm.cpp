@@ -25,6 +25,8 @@ using namespace fireq;
 using namespace fireq::gemm;
 using fireq::gemm::testing::DeviceBuffer;
 
+void launch_read_stream(const void* data, size_t bytes, uint32_t* sink, int sm_count, cudaStream_t stream);
+
 namespace {
 
 #define CUBLAS_CHECK(call)                                                                             \
@@ -130,6 +132,15 @@ struct CublasLtFp8 {
   }
 };
 
+double measure_read_bandwidth(int sm_count) {
+  const size_t bytes = size_t{2} << 30;
+  DeviceBuffer<uint8_t> a(bytes);
+  DeviceBuffer<uint32_t> sink(1);
+  a.fill_bytes(1);
+  const double us = time_us([&](int) { launch_read_stream(a.get(), bytes, sink.get(), sm_count, g_stream); }, 5);
+  return bytes / (us * 1e-6) / 1e9;
+}
+
 double measure_copy_bandwidth() {
   const size_t bytes = size_t{1} << 30;
   DeviceBuffer<uint8_t> a(bytes), b(bytes);
@@ -181,6 +192,7 @@ int main(int argc, char** argv) {
     CUBLAS_CHECK(cublasSetStream(blas, g_stream));
 
     const double copy_gbps = measure_copy_bandwidth();
+    const double read_gbps = measure_read_bandwidth(prop.multiProcessorCount);
     double fp8_peak = 0;
     {
       const int s = 8192;
@@ -191,9 +203,10 @@ int main(int argc, char** argv) {
       auto mm = lt.plan(s, s, s);
       fp8_peak = 2.0 * s * s * s / (time_us([&](int) { mm(a.get(), b.get(), c.get()); }, 5) * 1e-6) / 1e12;
     }
-    std::fprintf(f, "{\"device\": \"%s\", \"sm_count\": %d, \"copy_gbps\": %.0f, \"fp8_peak_tflops\": %.1f}\n", prop.name,
-                 prop.multiProcessorCount, copy_gbps, fp8_peak);
-    std::printf("%s: copy %.0f GB/s (read+write), cuBLASLt FP8 8192^3 %.0f TFLOP/s\n", prop.name, copy_gbps, fp8_peak);
+    std::fprintf(f, "{\"device\": \"%s\", \"sm_count\": %d, \"copy_gbps\": %.0f, \"read_gbps\": %.0f, \"fp8_peak_tflops\": %.1f}\n",
+                 prop.name, prop.multiProcessorCount, copy_gbps, read_gbps, fp8_peak);
+    std::printf("%s: copy %.0f GB/s (read+write), read %.0f GB/s, cuBLASLt FP8 8192^3 %.0f TFLOP/s\n", prop.name, copy_gbps,
+                read_gbps, fp8_peak);
 
     const Shape shapes[] = {{"l3_qkv", 6144, 4096, Epilogue::kBf16},          {"l3_o", 4096, 4096, Epilogue::kResidualAdd},
                             {"l3_gate_up", 28672, 4096, Epilogue::kSwiGlu},   {"l3_down", 4096, 14336, Epilogue::kResidualAdd},

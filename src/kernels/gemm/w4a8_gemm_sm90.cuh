@@ -198,48 +198,67 @@ __device__ __forceinline__ void consume(const KernelParams& p, uint8_t* smem, ui
 #pragma unroll
     for (int i = 0; i < T::kAccumulators; ++i) result[i] = 0.0f;
 
-    for (int group = group_begin; group < group_end; ++group) {
-      for (int b = 0; b < p.blocks_per_group; ++b) {
+    // Waits for the group's blocks, converts their weights and issues their wgmmas into `sums`
+    // (one commit group per K group). The converted fragments `a` are read by the tensor cores
+    // asynchronously, so each keeps its own registers until the group's wgmmas have completed.
+    auto issue_group = [&](float(&sums)[T::kAccumulators], uint32_t(&a)[2][2][4]) {
+      const int first_stage = stage;
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        if (b == p.blocks_per_group) break;  // 1 (group 64) or 2 (group 128) blocks
         ptx::mbarrier_wait(&full[stage], phase);
-        if (active) {
-          const uint4 codes = *reinterpret_cast<const uint4*>(
-              smem + T::kWOffset + (stage * 2 + consumer) * kChunkBytes + thread_in_group * 16);
-          const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
-          const uint64_t desc = ptx::smem_descriptor_k_major_sw64(smem + T::kXOffset + stage * T::kXBytes);
+        // Issued by inactive warpgroups too (on a stale chunk, result unused): wgmma under a
+        // divergent branch makes ptxas serialize every wgmma of the kernel (C7520).
+        const uint4 codes = *reinterpret_cast<const uint4*>(smem + T::kWOffset + (stage * 2 + consumer) * kChunkBytes +
+                                                            thread_in_group * 16);
+        const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
+        const uint64_t desc = ptx::smem_descriptor_k_major_sw64(smem + T::kXOffset + stage * T::kXBytes);
 #pragma unroll
-          for (int step = 0; step < 2; ++step) {  // two k32 wgmmas per 64-wide block
-            uint32_t a[4] = {int4x4_to_fp8x4(words[2 * step]), int4x4_to_fp8x4(words[2 * step] >> 16),
-                             int4x4_to_fp8x4(words[2 * step + 1]), int4x4_to_fp8x4(words[2 * step + 1] >> 16)};
+        for (int step = 0; step < 2; ++step) {  // two k32 wgmmas per 64-wide block
+          a[b][step][0] = int4x4_to_fp8x4(words[2 * step]);
+          a[b][step][1] = int4x4_to_fp8x4(words[2 * step] >> 16);
+          a[b][step][2] = int4x4_to_fp8x4(words[2 * step + 1]);
+          a[b][step][3] = int4x4_to_fp8x4(words[2 * step + 1] >> 16);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) ptx::fence_register(a[i]);
+          for (int i = 0; i < 4; ++i) ptx::fence_register(a[b][step][i]);
 #pragma unroll
-            for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(group_sum[i]);
-            ptx::wgmma_fence();
-            wgmma_issue<TokenTile>(a, desc + 2 * step, group_sum, b > 0 || step > 0,
-                                   std::make_index_sequence<T::kAccumulators>{});
-            ptx::wgmma_commit();
-          }
-#pragma unroll
-          for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(group_sum[i]);
-          ptx::wgmma_wait<0>();
-#pragma unroll
-          for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(group_sum[i]);
-          if (b == p.blocks_per_group - 1) {
-            const uint8_t* scale = smem + T::kScaleOffset + (stage * 2 + consumer) * kTileRows;
-            const float sigma0 = fp8_e4m3_to_float(scale[warp * 16 + lane / 4]);
-            const float sigma1 = fp8_e4m3_to_float(scale[warp * 16 + lane / 4 + 8]);
-#pragma unroll
-            for (int i = 0; i < T::kAccumulators; ++i)
-              result[i] = fmaf((i % 4) < 2 ? sigma0 : sigma1, group_sum[i], result[i]);
-          }
+          for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(sums[i]);
+          ptx::wgmma_fence();
+          wgmma_issue<TokenTile>(a[b][step], desc + 2 * step, sums, b > 0 || step > 0,
+                                 std::make_index_sequence<T::kAccumulators>{});
         }
-        __syncwarp();
-        if (lane == 0) ptx::mbarrier_arrive(&empty[stage]);
         if (++stage == T::kStages) {
           stage = 0;
           phase ^= 1;
         }
       }
+      ptx::wgmma_commit();
+      return first_stage;
+    };
+    // Promotes a finished group (its wgmmas waited for) by the group's scales and hands its
+    // stages back to the producer.
+    auto finish_group = [&](float(&sums)[T::kAccumulators], int first_stage) {
+      const int last_stage = (first_stage + p.blocks_per_group - 1) % T::kStages;
+#pragma unroll
+      for (int i = 0; i < T::kAccumulators; ++i) ptx::fence_register(sums[i]);
+      const uint8_t* scale = smem + T::kScaleOffset + (last_stage * 2 + consumer) * kTileRows;
+      const float sigma0 = fp8_e4m3_to_float(scale[warp * 16 + lane / 4]);
+      const float sigma1 = fp8_e4m3_to_float(scale[warp * 16 + lane / 4 + 8]);
+#pragma unroll
+      for (int i = 0; i < T::kAccumulators; ++i) result[i] = fmaf((i % 4) < 2 ? sigma0 : sigma1, sums[i], result[i]);
+      __syncwarp();
+      if (lane == 0)
+        for (int b = 0; b < p.blocks_per_group; ++b) ptx::mbarrier_arrive(&empty[(first_stage + b) % T::kStages]);
+    };
+
+    // One wait per K group; the other consumer warpgroup keeps the tensor cores busy meanwhile.
+    for (int group = group_begin; group < group_end; ++group) {
+      uint32_t fragments[2][2][4];
+      const int first_stage = issue_group(group_sum, fragments);
+      ptx::wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < 16; ++i) ptx::fence_register(fragments[i / 8][(i / 4) % 2][i % 4]);  // live until here
+      finish_group(group_sum, first_stage);
     }
     if (!active) continue;
 
