@@ -152,6 +152,17 @@ class TokenizerReference : public ::testing::Test {
   }
 };
 
+// Every code point's \p{L} / \p{N} class in our generated tables is the one tokenizers' regex
+// engine (Oniguruma, Unicode 16.0) gives it.
+TEST(TokenizerUnicodeTables, MatchTokenizersForEveryCodePoint) {
+  const fs::path python = source_dir() / ".venv/bin/python";
+  if (!fs::exists(python)) GTEST_SKIP() << ".venv is absent (run scripts/setup.sh)";
+  const std::string command = python.string() + " " +
+                              (source_dir() / "scripts/tokenizer_unicode_tables.py").string() +
+                              " --check";
+  EXPECT_EQ(std::system(command.c_str()), 0) << command;
+}
+
 TEST_F(TokenizerReference, SmolLM2FromGgufMetadataMatchesTokenizers) {
   run("smollm2", -1, true);  // the whole Wikipedia dump: 6 M characters
 }
