@@ -1,0 +1,18 @@
+// Buffer sizes shared by the memory plan and the allocations, so that the two cannot disagree.
+#pragma once
+
+#include <cstdint>
+
+#include "fireq/config.h"
+#include "fireq/cuda_engine.h"
+
+namespace fireq::cuda_runtime {
+
+constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
+
+int64_t weight_bytes(const LlamaConfig& config);
+int64_t activation_bytes(const LlamaConfig& config, const CudaEngineOptions& options, int max_context);
+int64_t metadata_ints(const CudaEngineOptions& options, int max_context);
+int pages_per_sequence(int max_context, int page_size);
+
+}  // namespace fireq::cuda_runtime

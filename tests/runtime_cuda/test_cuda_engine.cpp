@@ -1,0 +1,355 @@
+// The CUDA engine's BF16 path against the CPU reference engine on random models whose weights
+// are already on the BF16 grid (so the only differences left are the BF16 rounding of GEMM inputs
+// and of the KV cache), plus batching, continuous batching, sampling and its errors. The memory
+// plan is host arithmetic and is tested everywhere; the rest skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "fireq/cuda_engine.h"
+#include "fireq/engine.h"
+#include "fireq/error.h"
+#include "fireq/numerics.h"
+#include "fireq/sampling.h"
+
+namespace fireq {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+LlamaConfig llama3_8b() {
+  LlamaConfig c;
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.num_hidden_layers = 32;
+  c.num_attention_heads = 32;
+  c.num_key_value_heads = 8;
+  c.head_dim = 128;
+  c.vocab_size = 128256;
+  c.max_position_embeddings = 8192;
+  return c;
+}
+
+// SmolLM2-135M's shapes (fewer layers), or a Llama-3-like small model (GQA 4, head_dim 128,
+// llama3 RoPE scaling, untied lm_head).
+LlamaConfig small_config(bool llama3_like) {
+  LlamaConfig c;
+  if (llama3_like) {
+    c.hidden_size = 512;
+    c.intermediate_size = 1024;
+    c.num_attention_heads = 8;
+    c.num_key_value_heads = 2;
+    c.head_dim = 128;
+    c.vocab_size = 5000;
+    c.rope_theta = 500000.0;
+    c.rope_scaling = {.enabled = true, .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+                      .original_max_position_embeddings = 256};
+  } else {
+    c.hidden_size = 576;
+    c.intermediate_size = 1536;
+    c.num_attention_heads = 9;
+    c.num_key_value_heads = 3;
+    c.head_dim = 64;
+    c.vocab_size = 49152;
+    c.rope_theta = 100000.0;
+    c.tie_word_embeddings = true;
+  }
+  c.num_hidden_layers = 3;
+  c.max_position_embeddings = 1024;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
+FloatTensor bf16_tensor(std::vector<int64_t> shape, double center, double spread, std::mt19937& rng) {
+  FloatTensor t;
+  t.shape = std::move(shape);
+  std::uniform_real_distribution<double> u(-spread, spread);
+  t.data.resize(t.numel());
+  for (float& x : t.data) x = round_to_bf16(static_cast<float>(center + u(rng)));
+  return t;
+}
+
+LlamaWeights random_model(const LlamaConfig& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  LlamaWeights w;
+  w.config = c;
+  const int64_t h = c.hidden_size, i = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
+  auto linear = [&](int64_t out, int64_t in) { return bf16_tensor({out, in}, 0, 1.7 / std::sqrt(in), rng); };
+  w.tok_embeddings = bf16_tensor({c.vocab_size, h}, 0, 1.0, rng);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    LlamaLayerWeights L;
+    L.attn_norm = bf16_tensor({h}, 1.0, 0.3, rng);
+    L.wq = linear(q, h);
+    L.wk = linear(kv, h);
+    L.wv = linear(kv, h);
+    L.wo = linear(h, q);
+    L.ffn_norm = bf16_tensor({h}, 1.0, 0.3, rng);
+    L.w_gate = linear(i, h);
+    L.w_up = linear(i, h);
+    L.w_down = linear(h, i);
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = bf16_tensor({h}, 1.0, 0.3, rng);
+  if (!c.tie_word_embeddings) w.lm_head = linear(c.vocab_size, h);
+  return w;
+}
+
+std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = u(rng);
+  return t;
+}
+
+struct Agreement {
+  double max_abs_diff = 0, max_abs_ref = 0;
+  int top1_same = 0, rows = 0;
+};
+
+Agreement compare(const std::vector<float>& gpu, const std::vector<float>& cpu, int vocab) {
+  EXPECT_EQ(gpu.size(), cpu.size());
+  Agreement a;
+  a.rows = static_cast<int>(cpu.size() / vocab);
+  for (int r = 0; r < a.rows; ++r) {
+    const std::span<const float> g(gpu.data() + size_t(r) * vocab, vocab), c(cpu.data() + size_t(r) * vocab, vocab);
+    for (int i = 0; i < vocab; ++i) {
+      EXPECT_TRUE(std::isfinite(g[i])) << "row " << r << " logit " << i;
+      a.max_abs_diff = std::max(a.max_abs_diff, static_cast<double>(std::fabs(g[i] - c[i])));
+      a.max_abs_ref = std::max(a.max_abs_ref, static_cast<double>(std::fabs(c[i])));
+    }
+    a.top1_same += argmax(g) == argmax(c);
+  }
+  return a;
+}
+
+CudaEngineOptions small_options() {
+  return {.max_context = 1024, .max_step_tokens = 512, .max_sequences = 8, .max_logit_rows = 512,
+          .kv_cache_bytes = int64_t{64} << 20, .print_plan = false};
+}
+
+// ----- Memory plan (no GPU needed) -----
+
+TEST(CudaMemoryPlan, Llama3_8bFitsAnH100WithKvPool) {
+  const CudaEngineOptions o{.max_context = 8192, .max_step_tokens = 4096, .max_sequences = 64, .max_logit_rows = 64};
+  const int64_t gib = int64_t{1} << 30;
+  const CudaMemoryPlan plan = plan_cuda_memory(llama3_8b(), o, 79 * gib, 80 * gib);
+  EXPECT_NEAR(static_cast<double>(plan.weight_bytes) / 1e9, 16.06, 0.05);  // 8.03 B parameters in BF16
+  EXPECT_EQ(plan.kv_bytes_per_page, int64_t{32} * 2 * 8 * 16 * 128 * 2);   // 128 KiB per token
+  EXPECT_GT(plan.kv_tokens(), 64 * 4096);
+  EXPECT_LE(plan.weight_bytes + plan.activation_bytes + plan.reserve_bytes + plan.kv_pages * plan.kv_bytes_per_page,
+            79 * gib);
+  EXPECT_NE(plan.describe().find("KV pool"), std::string::npos);
+}
+
+TEST(CudaMemoryPlan, KvCapAndRefusals) {
+  const int64_t gib = int64_t{1} << 30;
+  CudaEngineOptions o{.max_context = 8192, .max_step_tokens = 2048, .max_sequences = 64, .max_logit_rows = 64,
+                      .kv_cache_bytes = 2 * gib};
+  const CudaMemoryPlan capped = plan_cuda_memory(llama3_8b(), o, 79 * gib, 80 * gib);
+  EXPECT_LE(capped.kv_pages * capped.kv_bytes_per_page, 2 * gib);
+  EXPECT_EQ(capped.kv_tokens(), 2 * gib / capped.kv_bytes_per_page * 16);
+
+  LlamaConfig big = llama3_8b();  // Llama-3-70B shapes: 141 GB in BF16
+  big.hidden_size = 8192;
+  big.intermediate_size = 28672;
+  big.num_hidden_layers = 80;
+  big.num_attention_heads = 64;
+  try {
+    plan_cuda_memory(big, o, 79 * gib, 80 * gib);
+    FAIL() << "70B in BF16 must not fit 80 GB";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit"), std::string::npos) << e.what();
+  }
+  o.kv_cache_bytes = 64 << 20;  // 512 tokens: less than one 8k sequence
+  EXPECT_THROW(plan_cuda_memory(llama3_8b(), o, 79 * gib, 80 * gib), Error);
+  o.page_size = 24;
+  EXPECT_THROW(plan_cuda_memory(llama3_8b(), o, 79 * gib, 80 * gib), Error);
+}
+
+// ----- Against the CPU reference -----
+
+void expect_matches_cpu(bool llama3_like) {
+  const LlamaConfig config = small_config(llama3_like);
+  const LlamaWeights weights = random_model(config, 11 + llama3_like);
+  CpuEngine cpu(weights);
+  CudaEngine gpu(weights, small_options());
+  const std::vector<int32_t> prompt = random_tokens(300, config.vocab_size, 5);
+  const Agreement prefill = compare(gpu.forward(prompt, LogitsFor::kAll), cpu.forward(prompt, LogitsFor::kAll),
+                                    config.vocab_size);
+  // Decode one token at a time (split-KV attention) after the prefill.
+  std::vector<float> gpu_decode, cpu_decode;
+  for (const int32_t t : random_tokens(40, config.vocab_size, 6)) {
+    const std::vector<float> g = gpu.forward(std::span(&t, 1), LogitsFor::kLast);
+    const std::vector<float> c = cpu.forward(std::span(&t, 1), LogitsFor::kLast);
+    gpu_decode.insert(gpu_decode.end(), g.begin(), g.end());
+    cpu_decode.insert(cpu_decode.end(), c.begin(), c.end());
+  }
+  EXPECT_EQ(gpu.position(), 340);
+  const Agreement decode = compare(gpu_decode, cpu_decode, config.vocab_size);
+  for (const auto& [name, a] : {std::pair{"prefill", prefill}, std::pair{"decode", decode}}) {
+    std::printf("[correctness] %s %s: %d rows, max |logit diff| %.4f (max |logit| %.2f), top-1 agreement %.1f%%\n",
+                llama3_like ? "llama3-like" : "smollm2-shapes", name, a.rows, a.max_abs_diff, a.max_abs_ref,
+                100.0 * a.top1_same / a.rows);
+    EXPECT_LT(a.max_abs_diff, 0.02 * a.max_abs_ref) << name;
+    EXPECT_GE(a.top1_same, 0.95 * a.rows) << name;
+  }
+}
+
+TEST(CudaEngine, SmolLM2ShapesMatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu(false);
+}
+
+TEST(CudaEngine, Llama3LikeShapesMatchCpuReference) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu(true);
+}
+
+// ----- Several sequences -----
+
+TEST(CudaEngine, BatchedStepsMatchSequencesRunAlone) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(true);
+  const LlamaWeights weights = random_model(config, 21);
+  CudaEngine batched(weights, small_options());
+  const int lengths[3] = {37, 200, 5};
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int> ids;
+  std::vector<CudaEngine::Chunk> chunks;
+  for (int s = 0; s < 3; ++s) prompts.push_back(random_tokens(lengths[s], config.vocab_size, 100 + s));
+  for (int s = 0; s < 3; ++s) {
+    ids.push_back(batched.add_sequence());
+    chunks.push_back({ids[s], prompts[s]});
+  }
+  batched.step(chunks);
+  std::vector<float> logits = batched.last_logits();
+  std::vector<int32_t> next = batched.sample();  // greedy
+  for (int round = 0; round < 4; ++round) {
+    std::vector<CudaEngine::Chunk> decode;
+    for (int s = 0; s < 3; ++s) decode.push_back({ids[s], std::span(&next[s], 1)});
+    for (int s = 0; s < 3; ++s) prompts[s].push_back(next[s]);
+    batched.step(decode);
+    logits = batched.last_logits();
+    next = batched.sample();
+  }
+  const int vocab = config.vocab_size;
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_EQ(batched.sequence_length(ids[s]), lengths[s] + 4);
+    CudaEngine alone(weights, small_options());
+    const std::vector<float> ref = alone.forward(prompts[s], LogitsFor::kLast);
+    double max_diff = 0;
+    for (int i = 0; i < vocab; ++i) max_diff = std::max(max_diff, double(std::fabs(ref[i] - logits[size_t(s) * vocab + i])));
+    EXPECT_LT(max_diff, 2e-2) << "sequence " << s;
+    EXPECT_EQ(argmax(std::span(ref)), next[s]) << "sequence " << s;
+  }
+}
+
+TEST(CudaEngine, ContinuousBatchingFreesPagesAtOnce) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(true);
+  const LlamaWeights weights = random_model(config, 31);
+  CudaEngine engine(weights, small_options());
+  const int64_t free_at_start = engine.free_kv_tokens();
+  const int a = engine.add_sequence(), b = engine.add_sequence();
+  const std::vector<int32_t> pa = random_tokens(100, config.vocab_size, 1), pb = random_tokens(50, config.vocab_size, 2);
+  const CudaEngine::Chunk first[] = {{a, pa}, {b, pb}};
+  engine.step(first);
+  EXPECT_EQ(engine.free_kv_tokens(), free_at_start - 112 - 64);  // whole pages of 16
+  engine.release_sequence(a);
+  EXPECT_EQ(engine.free_kv_tokens(), free_at_start - 64);
+  EXPECT_THROW(engine.sequence_length(a), Error);
+  // A newcomer joins beside b (prefill chunk mixed with b's decode token) and reuses a's pages.
+  const int c = engine.add_sequence();
+  const std::vector<int32_t> pc = random_tokens(70, config.vocab_size, 3);
+  const int32_t b_next = 7;
+  const CudaEngine::Chunk mixed[] = {{c, pc}, {b, std::span(&b_next, 1)}};
+  engine.step(mixed);
+  const std::vector<float> logits = engine.last_logits();
+  CudaEngine fresh(weights, small_options());
+  const std::vector<float> ref = fresh.forward(pc, LogitsFor::kLast);
+  for (int i = 0; i < config.vocab_size; i += 7) EXPECT_NEAR(logits[i], ref[i], 2e-2) << i;
+}
+
+TEST(CudaEngine, RefusesWhatDoesNotFit) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(true);
+  const LlamaWeights weights = random_model(config, 41);
+  CudaEngineOptions o = small_options();
+  o.max_context = 256;
+  o.kv_cache_bytes = int64_t{o.max_context} * 3 * 2 * 2 * 128 * 2;  // one full sequence of KV pages
+  CudaEngine engine(weights, o);
+  const int a = engine.add_sequence(), b = engine.add_sequence();
+  const std::vector<int32_t> long_prompt = random_tokens(200, config.vocab_size, 4);
+  const CudaEngine::Chunk first{a, long_prompt};
+  engine.step(std::span(&first, 1));
+  EXPECT_FALSE(engine.can_grow(b, 100));
+  const CudaEngine::Chunk second{b, long_prompt};
+  try {
+    engine.step(std::span(&second, 1));
+    FAIL() << "the KV pool is full";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("KV pool is full"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine.sequence_length(a), 200);  // the refused step changed nothing
+  const std::vector<int32_t> bad = {config.vocab_size};
+  const CudaEngine::Chunk out_of_vocab{a, bad};
+  EXPECT_THROW(engine.step(std::span(&out_of_vocab, 1)), Error);
+  const std::vector<int32_t> too_long = random_tokens(100, config.vocab_size, 5);
+  const CudaEngine::Chunk past_context{a, too_long};
+  EXPECT_THROW(engine.step(std::span(&past_context, 1)), Error);
+  engine.release_sequence(a);
+  EXPECT_TRUE(engine.can_grow(b, 200));
+}
+
+// ----- Sampling on the GPU -----
+
+TEST(CudaEngine, SamplingMatchesCpuSampler) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(false);
+  const LlamaWeights weights = random_model(config, 51);
+  CudaEngine engine(weights, small_options());
+  const SamplingOptions variants[] = {{.temperature = 0.0},
+                                      {.temperature = 0.8, .seed = 3},
+                                      {.temperature = 1.3, .top_k = 40, .seed = 4},
+                                      {.temperature = 0.7, .top_p = 0.9, .seed = 5},
+                                      {.temperature = 1.0, .top_k = 100, .top_p = 0.8, .seed = 6}};
+  std::vector<int> ids;
+  std::vector<Sampler> cpu;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < 5; ++s) {
+    ids.push_back(engine.add_sequence());
+    engine.set_sampling(ids[s], variants[s]);
+    cpu.emplace_back(variants[s]);
+    prompts.push_back(random_tokens(20 + s, config.vocab_size, 60 + s));
+  }
+  int same = 0, draws = 0;
+  std::vector<int32_t> next(5);
+  for (int round = 0; round < 12; ++round) {
+    std::vector<CudaEngine::Chunk> chunks;
+    for (int s = 0; s < 5; ++s)
+      chunks.push_back({ids[s], round == 0 ? std::span<const int32_t>(prompts[s]) : std::span<const int32_t>(&next[s], 1)});
+    engine.step(chunks);
+    const std::vector<float> logits = engine.last_logits();
+    const std::vector<int32_t> drawn = engine.sample();
+    for (int s = 0; s < 5; ++s) {
+      const int32_t expected = cpu[s].sample(std::span(logits).subspan(size_t(s) * config.vocab_size, config.vocab_size));
+      same += drawn[s] == expected;
+      ++draws;
+      if (s == 0) {
+        EXPECT_EQ(drawn[s], expected) << "greedy must match exactly, round " << round;
+      }
+      next[s] = drawn[s];
+    }
+  }
+  std::printf("[sampling] GPU draws equal to fireq::Sampler's: %d of %d\n", same, draws);
+  EXPECT_GE(same, draws - 2);  // only a sum-order tie at a boundary may differ
+  EXPECT_THROW(engine.set_sampling(ids[0], {.temperature = 1.0, .top_p = 0.0}), Error);
+}
+
+}  // namespace
+}  // namespace fireq
