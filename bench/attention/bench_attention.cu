@@ -199,9 +199,12 @@ struct PagedBench {
   }
 };
 
-std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaStream_t stream) {
+// `rotate`: cycle over >= 256 MB of caches so that every call reads HBM; otherwise one cache, re-read
+// from L2 where it fits (what the peers' decode timing does).
+std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaStream_t stream, bool rotate = true) {
   const int64_t kv_bytes = int64_t(batch) * ctx * kKvHeads * (kHeadDim + 4);  // K, V nibbles + 2 BF16 scales
-  const int instances = static_cast<int>(std::clamp<int64_t>((kRotateBytes + kv_bytes - 1) / kv_bytes, 1, 256));
+  const int instances =
+      rotate ? static_cast<int>(std::clamp<int64_t>((kRotateBytes + kv_bytes - 1) / kv_bytes, 1, 256)) : 1;
   PagedBench bench(batch, ctx, 1, page_size, instances, stream);
   const size_t ws = fa::paged_attention_workspace_bytes(bench.args(batch, ctx, 1, 0));
   bench.workspace = ws ? device_alloc<uint8_t>(ws) : nullptr;
@@ -213,13 +216,14 @@ std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaS
       },
       calls, stream);
   const double gbps = kv_bytes / us / 1e3;
-  std::printf("decode B=%2d ctx=%6d page=%3d: %8.1f us  %6.0f GB/s on KV bytes (%.0f%% of HBM read %.0f)\n", batch, ctx,
-              page_size, us, gbps, 100 * gbps / hbm_gbps, hbm_gbps);
+  std::printf("decode B=%2d ctx=%6d page=%3d%s: %8.1f us  %6.0f GB/s on KV bytes (%.0f%% of HBM read %.0f)\n", batch,
+              ctx, page_size, rotate ? "" : " (L2-warm)", us, gbps, 100 * gbps / hbm_gbps, hbm_gbps);
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "{\"case\": \"decode\", \"B\": %d, \"ctx\": %d, \"page_size\": %d, \"variant\": \"ours:splitkv_int4\", "
+                "{\"case\": \"decode\", \"B\": %d, \"ctx\": %d, \"page_size\": %d, \"variant\": \"%s\", "
                 "\"us\": %.3f, \"kv_bytes\": %lld, \"gbps\": %.1f, \"hbm_fraction\": %.3f, \"rotated_instances\": %d}",
-                batch, ctx, page_size, us, static_cast<long long>(kv_bytes), gbps, gbps / hbm_gbps, instances);
+                batch, ctx, page_size, rotate ? "ours:splitkv_int4" : "ours:splitkv_int4:l2_warm", us,
+                static_cast<long long>(kv_bytes), gbps, gbps / hbm_gbps, instances);
   return buf;
 }
 
@@ -299,13 +303,18 @@ std::string quantize_row(int tokens, bool decode, double hbm_gbps, cudaStream_t 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <out.json>\n", argv[0]);
+  const bool one_case = argc == 4 && std::string(argv[1]) == "--decode";
+  if (argc != 2 && !one_case) {
+    std::fprintf(stderr, "usage: %s <out.json> | --decode <batch> <context>   (the latter for a profiler)\n", argv[0]);
     return 2;
   }
   try {
     cudaStream_t stream;
     FIREQ_CUDA_CHECK(cudaStreamCreate(&stream));
+    if (one_case) {
+      decode_row(std::stoi(argv[2]), std::stoi(argv[3]), 64, 1.0, stream);
+      return 0;
+    }
     cudaDeviceProp prop;
     FIREQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     const HbmBandwidth bw = measure_hbm(stream);
@@ -316,6 +325,8 @@ int main(int argc, char** argv) {
     for (const int batch : {1, 4, 16, 64})
       for (const int ctx : {1024, 4096, 16384, 32768, 65536, 131072})
         if (int64_t(batch) * ctx <= 64LL * 32768) rows.push_back(decode_row(batch, ctx, 64, hbm, stream));
+    for (const int batch : {1, 16})
+      for (const int ctx : {1024, 4096, 16384}) rows.push_back(decode_row(batch, ctx, 64, hbm, stream, false));
     rows.push_back(decode_row(16, 16384, 16, hbm, stream));
     rows.push_back(decode_row(16, 16384, 256, hbm, stream));
     for (const int tokens : {1, 16, 64}) rows.push_back(quantize_row(tokens, true, hbm, stream));

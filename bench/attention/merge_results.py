@@ -42,7 +42,7 @@ def main():
         if r["case"] == "decode":
             row["case"] = "decode_l3_8b_32q8kv_d128"
             p = decode_peers.get((r["B"], r["ctx"]))
-            if p and r["page_size"] == 64:
+            if p and r["page_size"] == 64:  # both variants: rotated (HBM) and L2-warm (as the peers run)
                 row["peers_us"] = {k: p["us"].get(k) for k in DECODE_PEERS}
                 row["peers_kv_bytes"] = p.get("kv_bytes")
                 errs = peer_errors(peers, f"decode B={r['B']} ctx={r['ctx']} ")
@@ -92,6 +92,8 @@ def main():
         p = r.get("peers_us", {})
         i4, bf = p.get("fbgemm_int4"), p.get("sdpa_cudnn_bf16")
         page = "" if r["page_size"] == 64 else f" (page {r['page_size']})"
+        if r["variant"].endswith("l2_warm"):
+            page += " L2-warm"
         lines.append(f"| {r['B']} | {r['ctx']}{page} | {r['us']:.1f} | {r['gbps']:.0f} | {100 * r['hbm_fraction']:.0f} | "
                      f"{fmt(i4)} | {fmt(i4 / r['us'] if i4 else None, '.2f')} | {fmt(p.get('fbgemm_fp8'))} | {fmt(bf)} | "
                      f"{fmt(bf / r['us'] if bf else None, '.2f')} | {fmt(p.get('sdpa_flash_bf16'))} |")

@@ -2,7 +2,7 @@
 # One device call for the attention area: GPU tests, compute-sanitizer on small cases, our
 # benchmark, then the peers in the same call. Binaries come prebuilt in build-attn/bin (carried);
 # the peers need .whl/ carried (fbgemm-gpu-genai 1.6.0, nvidia-cudnn-frontend).
-# ATTN_PEERS=0 / ATTN_RACECHECK=0 skip those parts. Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
+# ATTN_PEERS=0 / ATTN_RACECHECK=0 / ATTN_NCU=0 skip those parts. Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bin=build-attn/bin
@@ -25,6 +25,16 @@ fi
 
 echo "== ours"
 $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"
+
+if [[ "${ATTN_NCU:-1}" == 1 ]]; then
+  echo "== ncu: split-KV main kernel at B=1 ctx=32k and B=16 ctx=4k (first launch, cold L2)"
+  for shape in "1 32768" "16 4096"; do
+    ncu --clock-control none --kernel-name regex:paged_attention_splitkv_kernel --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      --section WarpStateStats $bin/bench_attention --decode $shape >> "$out/ncu.txt" 2>&1
+  done
+  grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Compute \(SM\)" "$out/ncu.txt" | head -40
+fi
 
 if [[ "${ATTN_PEERS:-1}" == 1 ]]; then
   echo "== peers"

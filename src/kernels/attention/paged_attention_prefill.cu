@@ -4,12 +4,15 @@
 // the next step; this one keeps the split-KV kernel's numerics (PRounding::fp16).
 //
 // CTA = 64 query tokens of one query head (4 warps x 16 rows); the CTA streams the head's KV through a
-// 2-stage cp.async pipeline of 64-token tiles in shared memory: K rows [token][d/2] (padded against
-// bank conflicts) and V^T rows [d][tokens/2], exactly as they sit in a page. Per warp and tile:
-//   S = Q K^T   (A = Q in registers, B = K from shared memory, INT4 -> FP16 exact)
-//   O += P V    (A = P straight from S's accumulators, B = V^T from shared memory)
-// Which cache token is "logical key x" of the tile is permuted (key_of) so that each thread reads
-// whole 16-byte K quarter-rows and 8-byte V^T pieces and the P fragments need no data movement.
+// 2-stage cp.async pipeline of 64-token INT4 tiles (K rows [token][d/2] and V^T rows [d][tokens/2],
+// exactly as they sit in a page), converts each tile once to FP16 in shared memory (exact), and every
+// warp reads its operands with ldmatrix:
+//   S = Q K^T   (A = Q in registers, B = K rows)
+//   O += P V    (A = P straight from S's accumulators, B = V^T rows)
+// The INT4 -> FP16 conversion (one LOP3 + HSUB2 per two values) emits the 8 values of a word in the
+// order 0,4,1,5,2,6,3,7; rather than undo that, K rows are stored so that shared-memory key row x is
+// cache token 8(x/8) + interleave(x%8), matching the V^T columns, and Q's channels are interleaved
+// the same way in its fragments.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -78,35 +81,48 @@ __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.com
 template <int kPending>
 __device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
-// The cache token (offset in the KV tile) behind column `col` (0..7) of S's n-tile `nt` (0..7). Thread
-// t's P values for PV k-step kk then belong to tokens 16t + {8(kk>>1) + 2(kk&1)} + {0,4} (b0) and
-// + {1,5} (b1): nibbles j, j + 4 of word kk>>1 of the 8-byte V^T piece holding tokens 16t .. 16t+15.
-__device__ __forceinline__ int key_of(int nt, int col) {
-  const int kk = nt >> 1, hh = nt & 1;
-  return 16 * (col >> 1) + 8 * (kk >> 1) + 2 * (kk & 1) + hh + 4 * (col & 1);
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
-// Channel of element `high` of pair p of thread t's slice of a K row (the Q channel to match).
-template <int kHeadDim>
-__device__ __forceinline__ int q_channel_of_pair(int t, int p, int high) {
-  return t * (kHeadDim / 4) + 8 * (p >> 2) + (p & 3) + 4 * high;
+// Position j (0..7) of a converted word holds its nibble interleave(j) (pairs (0,4), (1,5), ...).
+__host__ __device__ constexpr int interleave(int j) { return (j >> 1) + 4 * (j & 1); }
+__host__ __device__ constexpr int deinterleave(int n) { return 2 * (n & 3) + (n >> 2); }
+static_assert(interleave(deinterleave(5)) == 5 && interleave(deinterleave(2)) == 2, "inverse permutations");
+
+// The 8 INT4 values of a word as FP16, in interleave order.
+__device__ __forceinline__ uint4 int4_word_to_f16x8(uint32_t word) {
+  return make_uint4(int4_pair_to_f16x2(word, 0), int4_pair_to_f16x2(word, 1), int4_pair_to_f16x2(word, 2),
+                    int4_pair_to_f16x2(word, 3));
 }
 
 template <int kHeadDim>
-struct KvStage {
-  static constexpr int kKPitch = kHeadDim / 2 + 16;  // bytes; the padding spreads 8 rows over all banks
-  uint8_t k[kTile][kKPitch];
+struct RawStage {  // one 64-token tile as copied from the pages
+  uint8_t k[kTile][kHeadDim / 2];
   uint8_t v[kHeadDim][kTile / 2];
   uint16_t k_scale[kTile], v_scale[kTile];
 };
+
+template <int kHeadDim>
+struct HalfTile {  // the same tile in FP16; rows padded by 16 bytes so ldmatrix's 8 rows hit all banks
+  __half k[kTile][kHeadDim + 8];  // row x: token 8(x/8) + interleave(x%8); channels interleaved per 8
+  __half v[kHeadDim][kTile + 8];  // V^T: column x is token 8(x/8) + interleave(x%8)
+};
+
+template <int kHeadDim>
+constexpr int kPrefillSmemBytes = static_cast<int>(2 * sizeof(RawStage<kHeadDim>) + sizeof(HalfTile<kHeadDim>));
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(const PrefillParams p) {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
   constexpr int kSteps = kHeadDim / 16;  // k-steps of S = Q K^T
   constexpr int kDTiles = kHeadDim / 8;  // n-tiles of O
-  constexpr int kKWords = kHeadDim / 32;
-  __shared__ __align__(16) KvStage<kHeadDim> stages[2];
+  extern __shared__ __align__(16) uint8_t smem[];
+  RawStage<kHeadDim>* stages = reinterpret_cast<RawStage<kHeadDim>*>(smem);
+  HalfTile<kHeadDim>& half_tile = *reinterpret_cast<HalfTile<kHeadDim>*>(smem + 2 * sizeof(RawStage<kHeadDim>));
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int q_tile = gridDim.x - 1 - blockIdx.x;  // longest causal ranges first
@@ -116,7 +132,8 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
   const int first_pos = seq_len - q_len;  // position of query 0
   const int kv_end = first_pos + min(q_len, (q_tile + 1) * kTile);
 
-  // Q rows g and g + 8 of this warp as A fragments, channels permuted like the K slices.
+  // Q rows g and g + 8 of this warp as A fragments, channels interleaved like the FP16 K rows: A
+  // column 2t + e of k-step s (8-column half h) is channel 16s + 8h + interleave(2t + e) = ... + t + 4e.
   const int row_query[2] = {q_tile * kTile + warp * 16 + g, q_tile * kTile + warp * 16 + g + 8};
   uint32_t q_frag[kSteps][4];
   float row_factor[2];
@@ -132,10 +149,10 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
     for (int s = 0; s < kSteps; ++s)
       #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int pair = 2 * s + half;
-        const float lo = valid ? fp8_e4m3_to_float(q_row[q_channel_of_pair<kHeadDim>(t, pair, 0)]) : 0.0f;
-        const float hi = valid ? fp8_e4m3_to_float(q_row[q_channel_of_pair<kHeadDim>(t, pair, 1)]) : 0.0f;
-        q_frag[s][rh + 2 * half] = pack_f16x2(lo, hi);  // a0/a1: pair 2s of rows g/g+8, a2/a3: pair 2s+1
+        const int channel = 16 * s + 8 * half + t;
+        const float lo = valid ? fp8_e4m3_to_float(q_row[channel]) : 0.0f;
+        const float hi = valid ? fp8_e4m3_to_float(q_row[channel + 4]) : 0.0f;
+        q_frag[s][rh + 2 * half] = pack_f16x2(lo, hi);  // a0/a1: rows g/g+8, columns 2t..; a2/a3: 8 + 2t..
       }
   }
 
@@ -143,7 +160,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
   const int page_size = p.layout.page_size;
   auto issue_tile = [&](int tile) {
     const int tile_start = tile * kTile;
-    KvStage<kHeadDim>& st = stages[tile & 1];
+    RawStage<kHeadDim>& st = stages[tile & 1];
     constexpr int kKPieces = kTile * kHeadDim / 32;  // 16-byte pieces of the tile's K rows
     for (int piece = threadIdx.x; piece < kKPieces; piece += kWarps * 32) {
       const int row = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32), pos = tile_start + row;
@@ -178,33 +195,39 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
     copy_async_commit();
     copy_async_wait<1>();
     __syncthreads();
-    const KvStage<kHeadDim>& st = stages[tile & 1];
+    const RawStage<kHeadDim>& st = stages[tile & 1];
     const int tile_start = tile * kTile;
 
-    // S = Q K^T, 8 n-tiles of 8 keys, scaled into the log2 domain and masked.
+    // The tile to FP16, once for all warps (exact: integers -8..7).
+    for (int i = threadIdx.x; i < kTile * kHeadDim / 8; i += kWarps * 32) {
+      const int key = i / (kHeadDim / 8), word = i % (kHeadDim / 8);
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(&st.k[key][4 * word]);
+      *reinterpret_cast<uint4*>(&half_tile.k[(key & ~7) | deinterleave(key & 7)][8 * word]) = int4_word_to_f16x8(w);
+    }
+    for (int i = threadIdx.x; i < kHeadDim * kTile / 8; i += kWarps * 32) {
+      const int channel = i / (kTile / 8), word = i % (kTile / 8);
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(&st.v[channel][4 * word]);
+      *reinterpret_cast<uint4*>(&half_tile.v[channel][8 * word]) = int4_word_to_f16x8(w);
+    }
+    __syncthreads();
+
+    // S = Q K^T, 8 n-tiles of 8 keys, scaled into the log2 domain and masked. Column 2t + c of n-tile
+    // nt is K row nt*8 + 2t + c: token nt*8 + interleave(2t + c) = nt*8 + t + 4c.
     float s[8][4];
     #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
-      uint32_t k_words[kKWords];
-      const uint8_t* k_src = &st.k[key_of(nt, g)][t * (kHeadDim / 8)];
-      if constexpr (kKWords == 4) {
-        const uint4 x = *reinterpret_cast<const uint4*>(k_src);
-        k_words[0] = x.x; k_words[1] = x.y; k_words[2] = x.z; k_words[3] = x.w;
-      } else {
-        const uint2 x = *reinterpret_cast<const uint2*>(k_src);
-        k_words[0] = x.x; k_words[1] = x.y;
-      }
       #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
       #pragma unroll
-      for (int step = 0; step < kSteps; ++step) {
-        const int word = step / 2, nib = 2 * (step % 2);
-        mma_f16_16816(s[nt], q_frag[step], int4_pair_to_f16x2(k_words[word], nib),
-                      int4_pair_to_f16x2(k_words[word], nib + 1));
+      for (int q = 0; q < kSteps / 2; ++q) {  // two k-steps per ldmatrix.x4
+        uint32_t b[4];
+        ldmatrix_x4(b, &half_tile.k[nt * 8 + (lane & 7)][32 * q + 8 * (lane >> 3)]);
+        mma_f16_16816(s[nt], q_frag[2 * q], b[0], b[1]);
+        mma_f16_16816(s[nt], q_frag[2 * q + 1], b[2], b[3]);
       }
       #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const int key = key_of(nt, 2 * t + c), pos = tile_start + key;
+        const int key = nt * 8 + interleave(2 * t + c), pos = tile_start + key;
         const float k_scale = bf16_bits_to_float(st.k_scale[key]);
         #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
@@ -241,7 +264,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
       float pv[4];
       #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const int key = key_of(nt, 2 * t + c);
+        const int key = nt * 8 + interleave(2 * t + c);
         const float v_scale = tile_start + key < kv_end ? bf16_bits_to_float(st.v_scale[key]) : 0.0f;
         #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
@@ -254,18 +277,17 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
       p_frag[nt >> 1][2 * (nt & 1) + 1] = pack_f16x2(pv[2], pv[3]);  // row g + 8
     }
 
-    // O += P V: B = V^T piece of channel 8i + g, tokens 16t .. 16t+15.
+    // O += P V: B = V^T rows 8i .. 8i+7, two k-steps of 16 keys per ldmatrix.x4.
     #pragma unroll
-    for (int i = 0; i < kDTiles; ++i) {
-      const uint2 w = *reinterpret_cast<const uint2*>(&st.v[8 * i + g][8 * t]);
+    for (int i = 0; i < kDTiles; ++i)
       #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        const uint32_t word = (kk >> 1) ? w.y : w.x;
-        const int nib = 2 * (kk & 1);
-        mma_f16_16816(o_acc[i], p_frag[kk], int4_pair_to_f16x2(word, nib), int4_pair_to_f16x2(word, nib + 1));
+      for (int q = 0; q < 2; ++q) {
+        uint32_t b[4];
+        ldmatrix_x4(b, &half_tile.v[8 * i + (lane & 7)][32 * q + 8 * (lane >> 3)]);
+        mma_f16_16816(o_acc[i], p_frag[2 * q], b[0], b[1]);
+        mma_f16_16816(o_acc[i], p_frag[2 * q + 1], b[2], b[3]);
       }
-    }
-    __syncthreads();  // the stage is overwritten by the next iteration's copies
+    __syncthreads();  // the FP16 tile and the raw stage are overwritten next
   }
 
   #pragma unroll
@@ -282,6 +304,13 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
       *reinterpret_cast<uint32_t*>(out + 8 * i + 2 * t) = pair;
     }
   }
+}
+
+template <int kHeadDim>
+void launch_prefill(dim3 grid, const PrefillParams& p, cudaStream_t stream) {
+  FIREQ_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_prefill_kernel<kHeadDim>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kPrefillSmemBytes<kHeadDim>));
+  paged_attention_prefill_kernel<kHeadDim><<<grid, kWarps * 32, kPrefillSmemBytes<kHeadDim>, stream>>>(p);
 }
 
 }  // namespace
@@ -311,9 +340,9 @@ void paged_attention_prefill(const PagedAttentionArgs& args, void* stream) {
   const dim3 grid(q_tiles, args.q_heads, args.sequences.batch);
   const auto s = static_cast<cudaStream_t>(stream);
   if (layout.head_dim == 128) {
-    paged_attention_prefill_kernel<128><<<grid, kWarps * 32, 0, s>>>(p);
+    launch_prefill<128>(grid, p, s);
   } else {
-    paged_attention_prefill_kernel<64><<<grid, kWarps * 32, 0, s>>>(p);
+    launch_prefill<64>(grid, p, s);
   }
   FIREQ_CUDA_CHECK_LAUNCH();
 }
