@@ -119,18 +119,20 @@ struct TinyGguf {
   std::vector<std::vector<float>> hf_wq, hf_wk;
 };
 
-TinyGguf make_tiny_gguf(bool tied) {
+// Qwen2 GGUFs keep q/k in HF order (llama.cpp runs them with rotate_half RoPE) and add q/k/v biases.
+TinyGguf make_tiny_gguf(bool tied, const std::string& arch = "llama") {
   TinyGguf m;
   GgufBuilder& b = m.builder;
-  b.add("general.architecture", gguf_string("llama"));
-  b.add("llama.embedding_length", gguf_int(GgufType::UINT32, kHidden));
-  b.add("llama.block_count", gguf_int(GgufType::UINT32, kLayers));
-  b.add("llama.feed_forward_length", gguf_int(GgufType::UINT32, kInter));
-  b.add("llama.attention.head_count", gguf_int(GgufType::UINT32, kHeads));
-  b.add("llama.attention.head_count_kv", gguf_int(GgufType::UINT32, kKvHeads));
-  b.add("llama.attention.layer_norm_rms_epsilon", gguf_float(GgufType::FLOAT32, 1e-5));
-  b.add("llama.rope.freq_base", gguf_float(GgufType::FLOAT32, 100000.0));
-  b.add("llama.context_length", gguf_int(GgufType::UINT32, 2048));
+  const bool qwen2 = arch == "qwen2";
+  b.add("general.architecture", gguf_string(arch));
+  b.add(arch + ".embedding_length", gguf_int(GgufType::UINT32, kHidden));
+  b.add(arch + ".block_count", gguf_int(GgufType::UINT32, kLayers));
+  b.add(arch + ".feed_forward_length", gguf_int(GgufType::UINT32, kInter));
+  b.add(arch + ".attention.head_count", gguf_int(GgufType::UINT32, kHeads));
+  b.add(arch + ".attention.head_count_kv", gguf_int(GgufType::UINT32, kKvHeads));
+  b.add(arch + ".attention.layer_norm_rms_epsilon", gguf_float(GgufType::FLOAT32, 1e-5));
+  b.add(arch + ".rope.freq_base", gguf_float(GgufType::FLOAT32, 100000.0));
+  b.add(arch + ".context_length", gguf_int(GgufType::UINT32, 2048));
   std::vector<std::string> tokens;
   for (int i = 0; i < kVocab; ++i) tokens.push_back(std::to_string(i) + "_token");
   b.add("tokenizer.ggml.tokens", gguf_string_array(tokens));
@@ -145,9 +147,14 @@ TinyGguf make_tiny_gguf(bool tied) {
     m.hf_wk.push_back(random_floats(kKvHeads * kHeadDim * kHidden));
     b.add_tensor(p + "attn_norm.weight", GgmlType::F32, {u(kHidden)}, float_bytes(random_floats(kHidden)));
     b.add_tensor(p + "attn_q.weight", GgmlType::F32, {u(kHidden), u(kHeads * kHeadDim)},
-                 float_bytes(permute_like_llama_cpp(m.hf_wq.back(), kHeads, kHidden)));
+                 float_bytes(qwen2 ? m.hf_wq.back() : permute_like_llama_cpp(m.hf_wq.back(), kHeads, kHidden)));
     b.add_tensor(p + "attn_k.weight", GgmlType::F32, {u(kHidden), u(kKvHeads * kHeadDim)},
-                 float_bytes(permute_like_llama_cpp(m.hf_wk.back(), kKvHeads, kHidden)));
+                 float_bytes(qwen2 ? m.hf_wk.back() : permute_like_llama_cpp(m.hf_wk.back(), kKvHeads, kHidden)));
+    if (qwen2) {
+      b.add_tensor(p + "attn_q.bias", GgmlType::F32, {u(kHeads * kHeadDim)}, float_bytes(random_floats(kHeads * kHeadDim)));
+      b.add_tensor(p + "attn_k.bias", GgmlType::F32, {u(kKvHeads * kHeadDim)}, float_bytes(random_floats(kKvHeads * kHeadDim)));
+      b.add_tensor(p + "attn_v.bias", GgmlType::F32, {u(kKvHeads * kHeadDim)}, float_bytes(random_floats(kKvHeads * kHeadDim)));
+    }
     b.add_tensor(p + "attn_v.weight", GgmlType::Q4_1, {u(kHidden), u(kKvHeads * kHeadDim)},
                  random_ggml_blocks(GgmlType::Q4_1, kKvHeads * kHeadDim * kHidden / 32));
     b.add_tensor(p + "attn_output.weight", GgmlType::Q4_0, {u(kHeads * kHeadDim), u(kHidden)},
@@ -238,6 +245,24 @@ TEST_F(LoadWeights, GgufConfigTensorsAndUndonePermutation) {
   }
 }
 
+TEST_F(LoadWeights, Qwen2GgufKeepsRowOrderAndLoadsBiases) {
+  const TinyGguf m = make_tiny_gguf(true, "qwen2");
+  fireq::testing::write_bytes(path("qwen.gguf"), m.builder.build());
+  const LlamaWeights w = load_llama_weights(path("qwen.gguf"));
+  EXPECT_EQ(w.config.architecture, "qwen2");
+  EXPECT_TRUE(w.config.attention_bias);
+  EXPECT_THAT(w.source_description, ::testing::Not(HasSubstr("unpermuted")));
+  const GgufFile gguf(path("qwen.gguf"));
+  for (int i = 0; i < kLayers; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    expect_equal(w.layers[i].wq, m.hf_wq[i], p + "attn_q");
+    expect_equal(w.layers[i].wk, m.hf_wk[i], p + "attn_k");
+    expect_equal(w.layers[i].bq, dequantize(gguf.tensor(p + "attn_q.bias")), p + "attn_q.bias");
+    expect_equal(w.layers[i].bk, dequantize(gguf.tensor(p + "attn_k.bias")), p + "attn_k.bias");
+    expect_equal(w.layers[i].bv, dequantize(gguf.tensor(p + "attn_v.bias")), p + "attn_v.bias");
+  }
+}
+
 TEST_F(LoadWeights, GgufErrorsNameFileAndTensor) {
   TinyGguf m = make_tiny_gguf(true);
   m.builder.tensors.erase(m.builder.tensors.begin() + 3);  // blk.0.attn_k.weight
@@ -271,8 +296,10 @@ struct TinyHf {
   std::vector<std::vector<std::byte>> bytes;
 };
 
-TinyHf write_tiny_hf(const std::filesystem::path& dir, DType dtype, bool tied, uint64_t shard_bytes) {
-  nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
+TinyHf write_tiny_hf(const std::filesystem::path& dir, DType dtype, bool tied, uint64_t shard_bytes,
+                     bool qwen2 = false) {
+  nlohmann::json config = {{"architectures", {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
+                           {"model_type", qwen2 ? "qwen2" : "llama"},
                            {"hidden_size", kHidden}, {"intermediate_size", kInter},
                            {"num_hidden_layers", kLayers}, {"num_attention_heads", kHeads},
                            {"num_key_value_heads", kKvHeads}, {"vocab_size", kVocab},
@@ -305,6 +332,11 @@ TinyHf write_tiny_hf(const std::filesystem::path& dir, DType dtype, bool tied, u
     add(p + "self_attn.k_proj.weight", {kKvHeads * kHeadDim, kHidden});
     add(p + "self_attn.v_proj.weight", {kKvHeads * kHeadDim, kHidden});
     add(p + "self_attn.o_proj.weight", {kHidden, kHeads * kHeadDim});
+    if (qwen2) {
+      add(p + "self_attn.q_proj.bias", {kHeads * kHeadDim});
+      add(p + "self_attn.k_proj.bias", {kKvHeads * kHeadDim});
+      add(p + "self_attn.v_proj.bias", {kKvHeads * kHeadDim});
+    }
     add(p + "post_attention_layernorm.weight", {kHidden});
     add(p + "mlp.gate_proj.weight", {kInter, kHidden});
     add(p + "mlp.up_proj.weight", {kInter, kHidden});
@@ -360,6 +392,19 @@ TEST_F(LoadWeights, HfSafetensorsSingleAndSharded) {
     } else {
       expect_loaded(w.lm_head, "lm_head.weight");
     }
+  }
+}
+
+TEST_F(LoadWeights, Qwen2HfLoadsBiases) {
+  write_tiny_hf(dir_, DType::BF16, true, 1ull << 30, /*qwen2=*/true);
+  const LlamaWeights w = load_llama_weights(dir_);
+  EXPECT_EQ(w.config.architecture, "qwen2");
+  const SafetensorsCheckpoint checkpoint(dir_);
+  for (int i = 0; i < kLayers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".self_attn.";
+    expect_equal(w.layers[i].bq, tensor_to_float(checkpoint.at(p + "q_proj.bias")), p + "q_proj.bias");
+    expect_equal(w.layers[i].bk, tensor_to_float(checkpoint.at(p + "k_proj.bias")), p + "k_proj.bias");
+    expect_equal(w.layers[i].bv, tensor_to_float(checkpoint.at(p + "v_proj.bias")), p + "v_proj.bias");
   }
 }
 
