@@ -7,6 +7,7 @@
 
 #include "fireq/error.h"
 #include "fireq/quant.h"
+#include "fireq/tokenizer.h"
 #include "tiny_model.h"
 
 namespace fireq {
@@ -224,6 +225,31 @@ TEST_F(Fixture, BadModelsAreRefusedWithTheTensorNamed) {
   EXPECT_THROW(quantize_model(model, tiny_fireq_recipe(), std::span(calib).first(10)), Error);
   EXPECT_THROW(calibration_windows(calib, 4, 24, "calib.txt"), Error);
   EXPECT_EQ(calibration_windows(calib, 2, 24, "calib.txt").size(), 48u);
+}
+
+}  // namespace
+}  // namespace fireq
+
+namespace fireq {
+namespace {
+
+// A GGUF source's tokenizer is copied into tokenizer.gguf; it must give the source's ids.
+TEST_F(Fixture, GgufTokenizerIsCopiedIntoTheCheckpoint) {
+  const fs::path gguf = fs::path(FIREQ_SOURCE_DIR) / "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!fs::exists(gguf)) GTEST_SKIP() << gguf << " not present (scripts/setup.sh fetches it)";
+  const QuantizedModel q = quantize_model(model, load_recipe("w4a8"), {});
+  const fs::path dir = temp_dir("tokenizer");
+  SaveOptions options;
+  options.source = gguf;
+  save_quantized_checkpoint(q, dir, options);
+  ASSERT_EQ(checkpoint_tokenizer_path(dir), dir / "tokenizer.gguf");
+  EXPECT_LT(fs::file_size(dir / "tokenizer.gguf"), fs::file_size(gguf) / 10);  // metadata only
+  const std::string text = "The capital of France is Paris. Ünïcödé, digits 12345, <|im_start|>user\n  spaces\ttab";
+  const auto original = load_tokenizer(gguf), copied = load_tokenizer(checkpoint_tokenizer_path(dir));
+  EXPECT_EQ(copied->encode(text, true), original->encode(text, true));
+  EXPECT_EQ(copied->vocab_size(), original->vocab_size());
+  EXPECT_EQ(copied->eos_id(), original->eos_id());
+  fs::remove_all(dir);
 }
 
 }  // namespace
