@@ -303,16 +303,22 @@ std::string quantize_row(int tokens, bool decode, double hbm_gbps, cudaStream_t 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool one_case = argc == 4 && std::string(argv[1]) == "--decode";
+  const std::string mode = argc == 4 ? argv[1] : "";
+  const bool one_case = mode == "--decode" || mode == "--prefill";
   if (argc != 2 && !one_case) {
-    std::fprintf(stderr, "usage: %s <out.json> | --decode <batch> <context>   (the latter for a profiler)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s <out.json> | --decode <batch> <context> | --prefill <batch> <seq>  (one case, for a profiler)\n",
+                 argv[0]);
     return 2;
   }
   try {
     cudaStream_t stream;
     FIREQ_CUDA_CHECK(cudaStreamCreate(&stream));
     if (one_case) {
-      decode_row(std::stoi(argv[2]), std::stoi(argv[3]), 64, 1.0, stream);
+      if (mode == "--decode") {
+        decode_row(std::stoi(argv[2]), std::stoi(argv[3]), 64, 1.0, stream);
+      } else {
+        prefill_row(std::stoi(argv[2]), std::stoi(argv[3]), stream);
+      }
       return 0;
     }
     cudaDeviceProp prop;

@@ -27,13 +27,16 @@ echo "== ours"
 $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"
 
 if [[ "${ATTN_NCU:-1}" == 1 ]]; then
-  echo "== ncu: split-KV main kernel at B=1 ctx=32k and B=16 ctx=4k (first launch, cold L2)"
+  echo "== ncu: split-KV main kernel at B=1 ctx=32k and B=16 ctx=4k (first launch, cold L2); prefill B=1 S=4k"
   for shape in "1 32768" "16 4096"; do
     ncu --clock-control none --kernel-name regex:paged_attention_splitkv_kernel --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
       --section WarpStateStats $bin/bench_attention --decode $shape >> "$out/ncu.txt" 2>&1
   done
-  grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Compute \(SM\)" "$out/ncu.txt" | head -40
+  ncu --clock-control none --kernel-name regex:paged_attention_prefill_kernel --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section ComputeWorkloadAnalysis --section WarpStateStats \
+    --section InstructionStats $bin/bench_attention --prefill 1 4096 >> "$out/ncu.txt" 2>&1
+  grep -E "Duration|DRAM Throughput|Achieved Occupancy|Grid Size|Compute \(SM\)|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc A|stalled" "$out/ncu.txt" | head -60
 fi
 
 if [[ "${ATTN_PEERS:-1}" == 1 ]]; then

@@ -108,15 +108,17 @@ __device__ __forceinline__ int q_channel_of_pair(int t, int p, int high) {
 }
 
 // Asynchronous global -> shared copies of 16 or 8 bytes; `valid` false writes zeros (reads nothing).
+// The L2::256B hint has DRAM fetch whole 256-byte blocks: a tile's K rows of a page are read by 8
+// different copy instructions, so the neighbours come in with the first.
 template <int kBytes>
 __device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int src_bytes = valid ? kBytes : 0;
   if constexpr (kBytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
   } else {
     static_assert(kBytes == 8, "16- or 8-byte pieces");
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+    asm volatile("cp.async.ca.shared.global.L2::256B [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
   }
 }
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -471,7 +473,8 @@ SplitPlan plan_splits(const PagedAttentionArgs& args) {
   const int64_t units = int64_t{args.sequences.batch} * args.cache.layout.kv_heads * chunks;
   const int64_t target_ctas = int64_t{kCtasPerSm} * sm_count();  // one wave
   const int max_splits = std::clamp((tiles + kWarps - 1) / kWarps, 1, kMaxSplits);
-  int splits = static_cast<int>(std::clamp<int64_t>((target_ctas + units - 1) / units, 1, max_splits));
+  // Round down: a second, partial wave costs more than slightly longer splits.
+  int splits = static_cast<int>(std::clamp<int64_t>(target_ctas / units, 1, max_splits));
   const int tiles_per_split = (tiles + splits - 1) / splits;
   splits = (tiles + tiles_per_split - 1) / tiles_per_split;
   return SplitPlan{chunks, splits, tiles_per_split};
