@@ -90,6 +90,9 @@ SPECIAL_TEXT = {
         ("chat", "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there!"
                  "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
         ("special_glued", "a<|eot_id|>b <|end_of_text|> <|eot_id"),
+        ("strip_tokens", "a  <|lstrip|> b x<|rstrip|>  y a\t\n<|lstrip|>b <|strip|> c "
+                         "a<|strip|><|strip|>  <|lstrip|>c \u3000<|lstrip|>x<|rstrip|>\u3000y"),
+        ("strip_at_ends", "  <|lstrip|>"),
     ],
     "spm": [
         ("user_defined", "<|im_start|>user\nHello<|im_end|> x"),
@@ -180,6 +183,10 @@ def build_llama3_style(out_dir):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train([LEE_PATH], trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL])
+    # Added tokens that swallow the whitespace around them, as some chat/FIM tokens do.
+    tok.add_special_tokens([AddedToken("<|lstrip|>", lstrip=True, normalized=False),
+                            AddedToken("<|rstrip|>", rstrip=True, normalized=False),
+                            AddedToken("<|strip|>", lstrip=True, rstrip=True, normalized=False)])
     bos = tok.token_to_id(LLAMA3_SPECIAL[0])
     tok.post_processor = TemplateProcessing(single=f"{LLAMA3_SPECIAL[0]} $A",
                                             special_tokens=[(LLAMA3_SPECIAL[0], bos)])

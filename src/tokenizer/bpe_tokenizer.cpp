@@ -23,6 +23,27 @@ std::array<char32_t, 256> byte_to_code_point() {
   return table;
 }
 
+// Start of the run of whitespace characters that ends at `end`, not reaching before `floor`.
+size_t whitespace_run_start(std::string_view text, size_t floor, size_t end) {
+  while (end > floor) {
+    size_t start = end - 1;  // step back to the lead byte of the previous character
+    while (start > floor && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+    const DecodedChar c = decode_utf8(text, start);
+    if (start + c.length != end || !is_whitespace(c.code_point)) break;
+    end = start;
+  }
+  return end;
+}
+
+size_t whitespace_run_end(std::string_view text, size_t begin) {
+  while (begin < text.size()) {
+    const DecodedChar c = decode_utf8(text, begin);
+    if (!is_whitespace(c.code_point)) break;
+    begin += c.length;
+  }
+  return begin;
+}
+
 class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(const BpeTokenizerSpec& spec);
@@ -132,17 +153,8 @@ std::optional<BpeTokenizer::AddedTokenMatch> BpeTokenizer::find_added_token(std:
     for (const AddedToken& token : added_tokens_) {
       if (text.compare(pos, token.content.size(), token.content) != 0) continue;
       AddedTokenMatch match{pos, pos + token.content.size(), token.id};
-      auto space_before = [&](size_t p) {
-        return p > from && is_whitespace(static_cast<unsigned char>(text[p - 1]));
-      };
-      if (token.lstrip) {
-        while (space_before(match.begin)) --match.begin;
-      }
-      if (token.rstrip) {
-        while (match.end < text.size() && is_whitespace(static_cast<unsigned char>(text[match.end]))) {
-          ++match.end;
-        }
-      }
+      if (token.lstrip) match.begin = whitespace_run_start(text, from, match.begin);
+      if (token.rstrip) match.end = whitespace_run_end(text, match.end);
       return match;
     }
   }

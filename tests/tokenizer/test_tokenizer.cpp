@@ -2,9 +2,11 @@
 // loaders' error messages. Ids against the Python packages are in test_tokenizer_reference.cpp.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "bpe_model.h"
 #include "fireq/error.h"
@@ -169,6 +171,33 @@ TEST_F(TokenizerFiles, TinyTokenizerJson) {
   EXPECT_EQ(tokenizer->bos_id(), -1);
   // Invalid UTF-8 is still tokenized byte by byte (here: dropped bytes outside the vocabulary).
   EXPECT_NO_THROW(tokenizer->encode("he\xFF\xC0llo", false));
+}
+
+// The word cache is shared: concurrent encodes must give what a lone encode gives.
+TEST_F(TokenizerFiles, ConcurrentEncodesAgree) {
+  const auto tokenizer = fireq::load_tokenizer(write("tokenizer.json", tiny_tokenizer_json(
+      R"({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})")));
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<std::string> words = {"hello", " ", "he", "\n", "<|eot|>", "ll", "o", "hel"};
+  std::vector<std::string> texts(64);
+  for (std::string& text : texts) {
+    for (int i = 0; i < 200; ++i) text += words[rng() % words.size()];
+  }
+  std::vector<std::vector<int32_t>> expected;
+  for (const std::string& text : texts) expected.push_back(tokenizer->encode(text, false));
+  std::atomic<int> mismatches = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < texts.size(); ++i) {
+        const size_t k = (i + 16 * t) % texts.size();
+        mismatches += tokenizer->encode(texts[k], false) != expected[k];
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(tokenizer->decode(expected[0]), texts[0]);
 }
 
 TEST_F(TokenizerFiles, ErrorsNameTheFileAndProblem) {
