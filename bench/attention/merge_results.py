@@ -110,8 +110,13 @@ def main():
     for r in rows:
         if r["case"].startswith("quantize"):
             lines.append(f"| {r['case']} | {r['tokens']} | {r['us']:.1f} | {r['gbps']:.0f} | {100 * r['hbm_fraction']:.0f} |")
-    if peers.get("errors"):
-        lines += ["", "Peer errors:", ""] + [f"- {e}" for e in peers["errors"]]
+    if peers.get("errors"):  # one line per message, the cases it hit listed once
+        grouped = {}
+        for e in peers["errors"]:
+            case, _, message = e.partition(": ")
+            grouped.setdefault(message, []).append(re.sub(r" split=\d+", "", case))
+        lines += ["", "Peer errors (full list in the JSON's source, fbgemm_peers.json):", ""]
+        lines += [f"- {m} — {', '.join(dict.fromkeys(cases))}" for m, cases in grouped.items()]
     tmp = base + ".md.tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
