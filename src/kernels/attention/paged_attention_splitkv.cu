@@ -1,6 +1,7 @@
-// Split-KV attention of a few FP8 queries per sequence over a paged INT4 KV cache (decode, and a
-// correct but unpipelined path for chunked prefill). Memory-bound: the kernel's job is to stream the
-// INT4 K and V bytes once at HBM speed, with every query head of a KV head sharing the read.
+// Split-KV attention of a few FP8 queries per sequence over a paged INT4 KV cache (decode). It is
+// correct for any number of queries, but every chunk of 8 query rows streams the KV again: long query
+// chunks belong to paged_attention_prefill. Memory-bound: the kernel's job is to stream the INT4 K
+// and V bytes once at HBM speed, with every query head of a KV head sharing the read.
 //
 // A CTA = (split of the sequence's 64-token tiles) x (KV head, chunk of 8 query rows) x (sequence);
 // a query row is (query token, query head of the group). Each of its 4 warps takes whole 64-token
@@ -34,7 +35,7 @@ constexpr int kTileTokens = 64;   // per warp iteration: 4 MMA row tiles of 16 t
 constexpr int kWarps = 4;
 constexpr int kRowsPerCta = 8;    // query rows: the n = 8 of m16n8k16
 constexpr int kStages = 2;        // tiles per warp in shared memory (cp.async groups)
-constexpr int kCtasPerSm = 3;     // what shared memory (67 KB per CTA) and registers (<= 168) allow
+constexpr int kCtasPerSm = 3;     // what shared memory (67 KB per CTA) and registers (134) allow
 constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
