@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
     for (const Shape& s : shapes) {
       const size_t int4_bytes = size_t{1} * s.n * s.k / 2;
       const int nb_int4 = buffers_for(int4_bytes), nb_fp8 = buffers_for(2 * int4_bytes), nb_bf16 = buffers_for(4 * int4_bytes);
-      std::vector<DeviceBuffer<uint8_t>> chunks, scales, swiglu_chunks, swiglu_scales, w8;
+      std::vector<DeviceBuffer<uint8_t>> int4_data, swiglu_data, w8;
       std::vector<DeviceBuffer<uint16_t>> w16;
       std::vector<PreparedWeights> prepared, prepared_swiglu;
       {
@@ -226,11 +226,9 @@ int main(int argc, char** argv) {
         for (int i = 0; i < nb_int4; ++i) {
           for (const bool swiglu : {false, true}) {
             if (swiglu && s.fused != Epilogue::kSwiGlu) continue;
-            auto& cv = swiglu ? swiglu_chunks : chunks;
-            auto& sv = swiglu ? swiglu_scales : scales;
-            cv.emplace_back(prepared_chunk_bytes(s.n, s.k));
-            sv.emplace_back(prepared_scale_bytes(s.n, s.k, 128));
-            PreparedWeights p{s.n, s.k, 128, swiglu, cv.back().get(), sv.back().get()};
+            auto& dv = swiglu ? swiglu_data : int4_data;
+            dv.emplace_back(prepared_weight_bytes(s.n, s.k, 128));
+            PreparedWeights p{s.n, s.k, 128, swiglu, dv.back().get()};
             prepare_weights(packed.get(), canonical_scales.get(), p, g_stream);
             (swiglu ? prepared_swiglu : prepared).push_back(p);
           }

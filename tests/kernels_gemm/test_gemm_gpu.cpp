@@ -104,10 +104,9 @@ void run_case(const Case& c) {
   prepared.k = c.k;
   prepared.group_size = c.group;
   prepared.swiglu_interleaved = swiglu;
-  DeviceBuffer<uint8_t> chunks(prepared_chunk_bytes(c.n, c.k)), prepared_scales(prepared_scale_bytes(c.n, c.k, c.group));
-  chunks.fill_bytes(0xA5);
-  prepared.chunks = chunks.get();
-  prepared.scales = prepared_scales.get();
+  DeviceBuffer<uint8_t> prepared_data(prepared_weight_bytes(c.n, c.k, c.group));
+  prepared_data.fill_bytes(0xA5);
+  prepared.data = prepared_data.get();
   prepare_weights(packed.get(), scales.get(), prepared, nullptr);
 
   DeviceBuffer<uint8_t> x_dev(x.values);
@@ -280,8 +279,7 @@ TEST(GemmGpu, RejectsBadShapes) {
   w.n = 100;  // not a multiple of 64
   w.k = 128;
   w.group_size = 128;
-  w.chunks = bytes.get();
-  w.scales = bytes.get();
+  w.data = bytes.get();
   EXPECT_THROW(prepare_weights(bytes.get(), bytes.get(), w, nullptr), Error);
   w.n = 64;
   w.k = 96;  // not a multiple of the group

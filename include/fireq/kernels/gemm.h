@@ -4,13 +4,15 @@
 // Two weight layouts:
 //  - canonical (checkpoint, CPU reference): packed [N][K/2] bytes, low nibble = even k, two's
 //    complement; scales [N][K/group] FP8 e4m3 codes.
-//  - kernel layout (prepare_weights, on the GPU at load time): the weight rows in tiles of 64 rows
-//    (one wgmma M), each tile's K in blocks of 64; one 2048-byte chunk per (tile, k-block), chunks
-//    ordered [tile][k-block], so a tile's K stream is contiguous. Inside a chunk, thread t of the
-//    consumer warpgroup owns bytes [16t, 16t+16): the INT4 codes of its wgmma A-operand registers
-//    for the block's two k32 steps, so one 16-byte shared load gives a whole fragment. Scales:
-//    [tile][group][64 rows] FP8 codes. For SwiGLU the gate|up rows are interleaved so that each
-//    thread holds the gate and the up accumulator of the same output feature.
+//  - kernel layout (prepare_weights, on the GPU at load time): rows in tiles of 64 (one wgmma M),
+//    tiles in pairs (the CTA's two consumer warpgroups), K in groups. One record per (pair, group),
+//    records ordered [pair][group], so one bulk copy feeds a whole pipeline stage:
+//      [tile 0: blocks_per_group chunks][tile 1: same][tile 0 scales: 64][tile 1 scales: 64]
+//    A chunk is one 64-wide K block of a 64-row tile (2048 bytes); consumer thread t owns bytes
+//    [16t, 16t+16): the INT4 codes of its wgmma A-operand registers for the block's two k32 steps.
+//    N is padded to whole pairs with zero rows. For SwiGLU the gate|up rows are interleaved so that
+//    each thread holds the gate and the up accumulator of the same output feature.
+//    docs/kernels/GEMM.md has the exact byte map.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,6 +27,9 @@ namespace fireq::gemm {
 constexpr int kTileRows = 64;   // weight rows per wgmma (M of the instruction)
 constexpr int kBlockK = 64;     // K elements per pipeline stage
 constexpr int kChunkBytes = kTileRows * kBlockK / 2;
+// Bytes of one (tile pair, K group) record of the kernel layout.
+constexpr int pair_record_bytes(int blocks_per_group) { return 2 * blocks_per_group * kChunkBytes + 2 * kTileRows; }
+constexpr int kMaxPairRecordBytes = pair_record_bytes(2);
 
 // Weights in the kernel layout, in device memory the caller owns.
 struct PreparedWeights {
@@ -32,15 +37,13 @@ struct PreparedWeights {
   int k = 0;
   int group_size = 0;  // 64 or 128
   bool swiglu_interleaved = false;
-  uint8_t* chunks = nullptr;  // prepared_chunk_bytes(n, k)
-  uint8_t* scales = nullptr;  // prepared_scale_bytes(n, k, group_size)
+  uint8_t* data = nullptr;  // prepared_weight_bytes(n, k, group_size)
 };
 
-size_t prepared_chunk_bytes(int n, int k);
-size_t prepared_scale_bytes(int n, int k, int group_size);
+size_t prepared_weight_bytes(int n, int k, int group_size);
 
 // Checks the shape (N a multiple of 64, K of the group size, group 64 or 128; SwiGLU: N/2 a
-// multiple of 32) and converts canonical device buffers into `out` (chunks and scales allocated).
+// multiple of 32) and converts canonical device buffers into `out` (its data allocated).
 void prepare_weights(const uint8_t* packed, const uint8_t* scales, PreparedWeights& out, cudaStream_t stream);
 
 // Split-K scratch: FP32 partial sums [M][N] and one arrival counter per output tile. Both must be

@@ -7,8 +7,10 @@
 
 namespace fireq::gemm {
 
-size_t prepared_chunk_bytes(int n, int k) { return static_cast<size_t>(n) * k / 2; }
-size_t prepared_scale_bytes(int n, int k, int group_size) { return static_cast<size_t>(n) * (k / group_size); }
+size_t prepared_weight_bytes(int n, int k, int group_size) {
+  const size_t pairs = (n / kTileRows + 1) / 2;
+  return pairs * (k / group_size) * pair_record_bytes(group_size / kBlockK);
+}
 
 size_t splitk_workspace_floats(int max_m, int n) { return static_cast<size_t>(max_m) * n; }
 size_t splitk_counter_count(int max_m, int n) {

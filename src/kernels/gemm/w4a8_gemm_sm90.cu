@@ -62,7 +62,7 @@ void launch(const CUtensorMap& map, const KernelParams& p, int grid, cudaStream_
 
 void gemm_w4a8(const GemmArgs& args, const PreparedWeights& w, const SplitKWorkspace& workspace, cudaStream_t stream,
                const GemmConfig* forced) {
-  if (w.chunks == nullptr || w.scales == nullptr) fail("gemm_w4a8: weights are not prepared");
+  if (w.data == nullptr) fail("gemm_w4a8: weights are not prepared");
   if (args.x == nullptr || args.x_scales == nullptr || args.out == nullptr) fail("gemm_w4a8: null X, X scales or output");
   if (args.m <= 0) fail("gemm_w4a8: M = ", args.m, " must be positive");
   if (w.n % kTileRows != 0 || w.k % w.group_size != 0 || (w.group_size != 64 && w.group_size != 128))
@@ -79,8 +79,7 @@ void gemm_w4a8(const GemmArgs& args, const PreparedWeights& w, const SplitKWorks
   if (c.splits > 1 && !workspace_ok) fail("gemm_w4a8: split-K ", c.splits, " needs a workspace for M = ", args.m);
 
   KernelParams p{};
-  p.chunks = w.chunks;
-  p.scales = w.scales;
+  p.weights = w.data;
   p.x_scales = args.x_scales;
   p.residual = args.residual;
   p.out = args.out;
