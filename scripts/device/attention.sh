@@ -2,7 +2,7 @@
 # One device call for the attention area: GPU tests, compute-sanitizer on small cases, our
 # benchmark, then the peers in the same call. Binaries come prebuilt in build-attn/bin (carried);
 # the peers need .whl/ carried (fbgemm-gpu-genai 1.6.0, nvidia-cudnn-frontend).
-# ATTN_PEERS=0 / ATTN_RACECHECK=0 / ATTN_NCU=0 skip those parts. Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
+# ATTN_PEERS=0 / ATTN_RACECHECK=0 / ATTN_NCU=0 skip those parts; ATTN_BENCH=prefill times only prefill. Writes under $OUT: gpu_test.log, sanitizer.log, ours.json, bench.log, fbgemm_peers.json, peers.log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bin=build-attn/bin
@@ -24,7 +24,13 @@ if [[ "${ATTN_RACECHECK:-1}" == 1 ]]; then
 fi
 
 echo "== ours"
-$bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"
+if [[ "${ATTN_BENCH:-all}" == prefill ]]; then  # only the prefill shapes, one process each
+  for b in 1 16; do for s in 512 1024 2048 4096 8192 16384; do
+    $bin/bench_attention --prefill $b $s 2>&1 | tee -a "$out/bench.log"
+  done; done
+else
+  $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log"
+fi
 
 if [[ "${ATTN_NCU:-1}" == 1 ]]; then
   echo "== ncu: split-KV main kernel at B=1 ctx=32k and B=16 ctx=4k (first launch, cold L2); prefill B=1 S=4k"

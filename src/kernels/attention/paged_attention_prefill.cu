@@ -39,6 +39,7 @@ struct PrefillParams {
   const uint16_t* v_scale;
   PagedKvLayout layout;
   int max_pages_per_seq;
+  int page_shift;      // log2(page_size)
   int q_heads, group;
   float score_factor;  // softmax_scale * log2(e)
   uint16_t* out;
@@ -157,7 +158,10 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
   }
 
   const int32_t* pages = p.block_table + int64_t(b) * p.max_pages_per_seq;
-  const int page_size = p.layout.page_size;
+  const int page_mask = p.layout.page_size - 1;
+  auto slot_of = [&](int pos) {  // (page * kv_heads + h) * page_size + slot of a cached position
+    return (int64_t(pages[pos >> p.page_shift]) * p.layout.kv_heads + h) * p.layout.page_size + (pos & page_mask);
+  };
   auto issue_tile = [&](int tile) {
     const int tile_start = tile * kTile;
     RawStage<kHeadDim>& st = stages[tile & 1];
@@ -165,23 +169,26 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
     for (int piece = threadIdx.x; piece < kKPieces; piece += kWarps * 32) {
       const int row = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32), pos = tile_start + row;
       const bool valid = pos < kv_end;
-      const uint8_t* src = valid ? p.k + p.layout.k_row_offset(pages[pos / page_size], h, pos % page_size) + part * 16 : p.k;
+      const uint8_t* src = valid ? p.k + slot_of(pos) * (kHeadDim / 2) + part * 16 : p.k;
       copy_async<16>(&st.k[row][part * 16], src, valid);
     }
     constexpr int kVPieces = kHeadDim * (kTile / 16);  // 8-byte pieces: 16 tokens of one channel
     for (int piece = threadIdx.x; piece < kVPieces; piece += kWarps * 32) {
       const int channel = piece / (kTile / 16), part = piece % (kTile / 16), pos = tile_start + 16 * part;
       const bool valid = pos < kv_end;
-      const uint8_t* src =
-          valid ? p.v + p.layout.v_channel_offset(pages[pos / page_size], h, channel) + (pos % page_size) / 2 : p.v;
+      const int64_t slot = valid ? slot_of(pos) : 0;
+      // v_channel_offset(page, h, c) + slot / 2 = ((page * kv_heads + h) * d + c) * page_size / 2 + slot / 2
+      const uint8_t* src = valid ? p.v + (((slot >> p.page_shift) * kHeadDim + channel) << p.page_shift) / 2 +
+                                       (slot & page_mask) / 2
+                                 : p.v;
       copy_async<8>(&st.v[channel][8 * part], src, valid);
     }
     if (threadIdx.x < 2 * kTile / 4) {  // 4 scales (8 bytes) per thread, K then V
       const int pos = tile_start + 4 * (threadIdx.x % (kTile / 4));
       const bool is_k = threadIdx.x < kTile / 4, valid = pos < kv_end;
       const uint16_t* scales = is_k ? p.k_scale : p.v_scale;
-      const uint16_t* src = valid ? scales + p.layout.scale_offset(pages[pos / page_size], h, pos % page_size) : scales;
-      copy_async<8>((is_k ? st.k_scale : st.v_scale) + 4 * (threadIdx.x % (kTile / 4)), src, valid);
+      copy_async<8>((is_k ? st.k_scale : st.v_scale) + 4 * (threadIdx.x % (kTile / 4)),
+                    valid ? scales + slot_of(pos) : scales, valid);
     }
   };
 
@@ -197,6 +204,8 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
     __syncthreads();
     const RawStage<kHeadDim>& st = stages[tile & 1];
     const int tile_start = tile * kTile;
+    // Below the diagonal of every row of the CTA and inside the sequence: no masks (most tiles).
+    const bool interior = tile_start + kTile <= min(kv_end, first_pos + q_tile * kTile + 1);
 
     // The tile to FP16, once for all warps (exact: integers -8..7).
     for (int i = threadIdx.x; i < kTile * kHeadDim / 8; i += kWarps * 32) {
@@ -232,7 +241,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
         #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
           float& x = s[nt][2 * rh + c];
-          x = (pos < kv_end && pos <= row_pos[rh]) ? (x * k_scale) * row_factor[rh] : -INFINITY;
+          x = (interior || (pos < kv_end && pos <= row_pos[rh])) ? (x * k_scale) * row_factor[rh] : -INFINITY;
         }
       }
     }
@@ -265,7 +274,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
       #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int key = nt * 8 + interleave(2 * t + c);
-        const float v_scale = tile_start + key < kv_end ? bf16_bits_to_float(st.v_scale[key]) : 0.0f;
+        const float v_scale = interior || tile_start + key < kv_end ? bf16_bits_to_float(st.v_scale[key]) : 0.0f;
         #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
           const float prob = exp2f(s[nt][2 * rh + c] - base[rh]);
@@ -333,6 +342,7 @@ void paged_attention_prefill(const PagedAttentionArgs& args, void* stream) {
   p.v_scale = args.cache.v_scale;
   p.layout = layout;
   p.max_pages_per_seq = args.sequences.max_pages_per_seq;
+  p.page_shift = __builtin_ctz(static_cast<unsigned>(layout.page_size));  // a power of two (check_layout)
   p.q_heads = args.q_heads;
   p.group = args.q_heads / layout.kv_heads;
   p.score_factor = args.softmax_scale * kLog2e;
