@@ -364,12 +364,15 @@ def main():
             meta = read_gguf_metadata(GGUF_PATH)
             entry["bos_id"] = meta["tokenizer.ggml.bos_token_id"]
             entry["eos_id"] = meta["tokenizer.ggml.eos_token_id"]
+            entry["add_bos"] = meta["tokenizer.ggml.add_bos_token"]
         elif name == "llama3_style":
             entry["bos_id"] = tok.token_to_id(LLAMA3_SPECIAL[0])
             entry["eos_id"] = tok.token_to_id(LLAMA3_SPECIAL[1])
             entry["bos_ids"] = tok.encode("Hi", add_special_tokens=True).ids
+            entry["add_bos"] = entry["bos_ids"][0] == entry["bos_id"]
         else:
             entry["bos_id"], entry["eos_id"] = tok.bos_id(), tok.eos_id()
+            entry["add_bos"] = True  # Llama-2's convention; sentencepiece leaves it to the caller
         result["tokenizers"].append(entry)
     tmp = os.path.join(args.out_dir, "cases.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -33,6 +33,11 @@ class Tokenizer {
   virtual std::string token_to_piece(int32_t id) const = 0;
 
   virtual int32_t bos_id() const = 0;  // -1 when there is none
+  // Whether the model was trained with BOS in front of every text, so encode(text, true) is
+  // what generation and perplexity should use: tokenizer_config.json's add_bos_token, else a
+  // tokenizer.json post-processor that prepends it; GGUF tokenizer.ggml.add_bos_token (default
+  // false for gpt2, true for llama); true for SentencePiece .model files (Llama-2).
+  virtual bool add_bos_by_default() const = 0;
   virtual int32_t eos_id() const = 0;  // -1 when there is none
   virtual int32_t vocab_size() const = 0;
 };

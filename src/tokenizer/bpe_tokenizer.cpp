@@ -52,6 +52,7 @@ class BpeTokenizer final : public Tokenizer {
   std::string decode(std::span<const int32_t> ids) const override;
   std::string token_to_piece(int32_t id) const override;
   int32_t bos_id() const override { return bos_id_; }
+  bool add_bos_by_default() const override { return add_bos_; }
   int32_t eos_id() const override { return eos_id_; }
   int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
 
@@ -73,6 +74,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<std::string> pieces_;       // the bytes of each id
   std::vector<bool> defined_;             // ids the vocabulary or added tokens define
   int32_t bos_id_;
+  bool add_bos_;
   int32_t eos_id_;
 };
 
@@ -81,6 +83,7 @@ BpeTokenizer::BpeTokenizer(const BpeTokenizerSpec& spec)
       added_tokens_(spec.added_tokens),
       pre_tokenizer_(spec.pre_tokenizer),
       bos_id_(spec.bos_id),
+      add_bos_(spec.add_bos && spec.bos_id >= 0),
       eos_id_(spec.eos_id) {
   for (size_t i = 0; i < pre_tokenizer_.size(); ++i) {
     if (std::holds_alternative<ByteLevelStep>(pre_tokenizer_[i]) && i + 1 != pre_tokenizer_.size()) {

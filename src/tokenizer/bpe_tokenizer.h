@@ -46,6 +46,7 @@ struct BpeTokenizerSpec {
   std::vector<AddedToken> added_tokens;
   std::vector<PreTokenizeStep> pre_tokenizer;
   int32_t bos_id = -1;
+  bool add_bos = false;  // add_bos_by_default()
   int32_t eos_id = -1;
 };
 

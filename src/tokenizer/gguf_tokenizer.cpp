@@ -81,6 +81,7 @@ std::unique_ptr<Tokenizer> load_gguf_bpe(const GgufFile& file) {
   set_pre_tokenizer(file, spec);
   spec.bos_id = optional_token_id(file, "tokenizer.ggml.bos_token_id", tokens.size());
   spec.eos_id = optional_token_id(file, "tokenizer.ggml.eos_token_id", tokens.size());
+  spec.add_bos = file.get_bool("tokenizer.ggml.add_bos_token", false);
   return make_bpe_tokenizer(spec);
 }
 
@@ -170,7 +171,8 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::filesystem::path& path
   const std::string model = file.get_string("tokenizer.ggml.model");
   if (model == "gpt2") return load_gguf_bpe(file);
   if (model == "llama") {
-    return load_sentencepiece_proto(sentencepiece_model_proto(file), path.string() + " (tokenizer)");
+    return load_sentencepiece_proto(sentencepiece_model_proto(file), path.string() + " (tokenizer)",
+                                    file.get_bool("tokenizer.ggml.add_bos_token", true));
   }
   fail(path.string(), ": tokenizer.ggml.model '", model, "' is not supported (gpt2, llama)");
 }

@@ -15,7 +15,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& path
 std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::filesystem::path& path);
 // A serialized sentencepiece ModelProto; `source` names its origin in error messages.
 std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
-                                                    const std::string& source);
+                                                    const std::string& source, bool add_bos);
 std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::filesystem::path& path);
 
 }  // namespace fireq::tokenizer_detail

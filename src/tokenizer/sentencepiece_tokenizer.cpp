@@ -13,8 +13,8 @@ constexpr std::string_view kWordBoundary = "\xE2\x96\x81";  // U+2581, SentenceP
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   // From a .model file (`serialized` empty) or from a serialized ModelProto.
-  SentencePieceTokenizer(const std::string& source, const std::string& serialized)
-      : source_(source) {
+  SentencePieceTokenizer(const std::string& source, const std::string& serialized, bool add_bos)
+      : source_(source), add_bos_(add_bos) {
     const auto status = serialized.empty() ? processor_.Load(source_)
                                            : processor_.LoadFromSerializedProto(serialized);
     if (!status.ok()) fail(source_, ": not a SentencePiece model: ", status.ToString());
@@ -59,6 +59,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
   int32_t bos_id() const override { return processor_.bos_id(); }
+  bool add_bos_by_default() const override { return add_bos_ && bos_id() >= 0; }
   int32_t eos_id() const override { return processor_.eos_id(); }
   int32_t vocab_size() const override { return processor_.GetPieceSize(); }
 
@@ -70,19 +71,20 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
   std::string source_;
+  bool add_bos_;
   sentencepiece::SentencePieceProcessor processor_;
 };
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::filesystem::path& path) {
-  return std::make_unique<SentencePieceTokenizer>(path.string(), "");
+  return std::make_unique<SentencePieceTokenizer>(path.string(), "", true);
 }
 
 std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
-                                                    const std::string& source) {
+                                                    const std::string& source, bool add_bos) {
   if (serialized.empty()) fail(source, ": empty SentencePiece model");
-  return std::make_unique<SentencePieceTokenizer>(source, serialized);
+  return std::make_unique<SentencePieceTokenizer>(source, serialized, add_bos);
 }
 
 }  // namespace fireq::tokenizer_detail

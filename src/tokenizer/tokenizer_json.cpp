@@ -161,9 +161,16 @@ void resolve_special_tokens(const json& root, const std::filesystem::path& confi
       *target = id_of_content(spec, content);
       if (*target < 0) fail(config_path.string(), ": ", key, " '", content, "' is not a token");
     }
+    const auto add_bos = config.find("add_bos_token");
+    if (add_bos != config.end() && add_bos->is_boolean()) {
+      spec.add_bos = add_bos->get<bool>();
+    } else {
+      spec.add_bos = bos_from_post_processor(root.value("post_processor", json())) >= 0;
+    }
     return;
   }
   spec.bos_id = bos_from_post_processor(root.value("post_processor", json()));
+  spec.add_bos = spec.bos_id >= 0;
   // Without a tokenizer_config.json, fall back on the names the common model families use.
   for (const char* name : {"<|begin_of_text|>", "<s>", "<|endoftext|>"}) {
     if (spec.bos_id < 0) spec.bos_id = id_of_content(spec, name);

@@ -291,6 +291,7 @@ TEST_F(TokenizerFiles, GgufByteLevelBpe) {
   EXPECT_EQ(tokenizer->encode("hello hello<|eot|>\n", true), (std::vector<int32_t>{9, 8, 11, 9, 10}));
   EXPECT_EQ(tokenizer->bos_id(), 9);
   EXPECT_EQ(tokenizer->eos_id(), -1);
+  EXPECT_FALSE(tokenizer->add_bos_by_default());
 }
 
 TEST_F(TokenizerFiles, GgufErrorsNameTheKey) {

@@ -144,6 +144,7 @@ class TokenizerReference : public ::testing::Test {
       }
       EXPECT_EQ(tokenizer->bos_id(), entry.at("bos_id").get<int32_t>());
       EXPECT_EQ(tokenizer->eos_id(), entry.at("eos_id").get<int32_t>());
+      EXPECT_EQ(tokenizer->add_bos_by_default(), entry.at("add_bos").get<bool>());
       if (entry.contains("bos_ids")) {
         EXPECT_EQ(tokenizer->encode("Hi", true), entry["bos_ids"].get<std::vector<int32_t>>());
       }
