@@ -168,7 +168,7 @@ json read_json(const fs::path& path) {
   }
 }
 
-// quant_method, format version, every other scalar field, and the recipe's top-level settings.
+// quant_method, format version, every other field, and the recipe's sections one per line.
 void print_quantization(const json& q) {
   if (!q.is_object()) {
     std::printf("quantization: %s\n", q.dump().c_str());
@@ -184,14 +184,16 @@ void print_quantization(const json& q) {
   }
   if (!q.contains("recipe")) return;
   const json& recipe = q["recipe"];
-  std::printf("  recipe:");
   if (!recipe.is_object()) {
-    std::printf(" %s\n", recipe.dump().c_str());
+    std::printf("  %-22s %s\n", "recipe", recipe.dump().c_str());
     return;
   }
-  for (const auto& [key, value] : recipe.items())
-    std::printf(" %s=%s", key.c_str(), value.is_structured() ? "{...}" : value.dump().c_str());
-  std::printf("\n");
+  constexpr size_t kMaxWidth = 100;
+  for (const auto& [key, value] : recipe.items()) {
+    std::string text = value.dump();
+    if (text.size() > kMaxWidth) text = text.substr(0, kMaxWidth - 3) + "...";
+    std::printf("  recipe.%-15s %s\n", key.c_str(), text.c_str());
+  }
 }
 
 int inspect_safetensors(const fs::path& path, bool list, bool show_metadata) {
@@ -216,6 +218,12 @@ int inspect_safetensors(const fs::path& path, bool list, bool show_metadata) {
   for (const TensorView* t : checkpoint.tensors())
     tensors.push_back({t->name, std::string(dtype_name(t->dtype)), t->shape, t->data.size()});
   print_tensor_summary(tensors, checkpoint.total_file_bytes());
+  if (fs::is_directory(path)) {
+    uint64_t directory_bytes = 0;
+    for (const auto& entry : fs::directory_iterator(path))
+      if (entry.is_regular_file()) directory_bytes += entry.file_size();
+    std::printf("directory:    %s with config, tokenizer and other files\n", human_bytes(directory_bytes).c_str());
+  }
   if (quantization) print_quantization(*quantization);
   if (show_metadata) {
     std::printf("\n__metadata__ (%zu keys):\n", checkpoint.metadata().size());

@@ -40,6 +40,31 @@ expect_one_line_error "$work/empty_dir"
 "$fireq" inspect --no-such-flag "$work/x" >/dev/null 2>&1
 check "unknown flag: non-zero exit" test $? -ne 0
 
+# A tiny quantized-looking HF directory: config.json with quantization_config + one safetensors file.
+hf="$work/hf"
+mkdir "$hf"
+cat >"$hf/config.json" <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+ "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "vocab_size": 40, "tie_word_embeddings": true,
+ "quantization_config": {"quant_method": "fireq", "format_version": 1, "recipe": {"name": "w4a8"}}}
+JSON
+header='{"a.qweight":{"dtype":"U8","shape":[2,3],"data_offsets":[0,6]},"a.scales":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[6,8]}}'
+while [ $(((${#header} + 8) % 8)) -ne 0 ]; do header="$header "; done
+length=${#header}
+{
+  printf "\\$(printf '%03o' $((length & 255)))\\$(printf '%03o' $((length >> 8)))\\0\\0\\0\\0\\0\\0"
+  printf '%s' "$header"
+  printf 'abcdefgh'
+} >"$hf/model.safetensors"
+"$fireq" inspect "$hf" --tensors >"$work/out" 2>"$work/err"
+check "HF directory: exit 0 ($(cat "$work/err"))" test $? -eq 0
+for expected in "format:       safetensors (1 file)" "1 layers, hidden 64, heads 4 (kv 2" \
+                'quant_method "fireq", format_version 1' 'recipe.name            "w4a8"' \
+                "U8           1 tensors" "F8_E4M3      1 tensors" "a.scales"; do
+  check "HF directory output has '$expected'" grep -qF -- "$expected" "$work/out"
+done
+
 if [ ! -f "$model" ]; then
   echo "real model not present ($model): skipping the success checks"
   [ "$failures" -eq 0 ] && exit 77
