@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,6 +36,8 @@ struct Case {
   int forced_tile = 0;   // 0: the dispatch table
   int forced_splits = 1;
 };
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name << " M=" << c.m << " N=" << c.n << " K=" << c.k; }
 
 // Weights of the rows the reference checks: all of them for small N, else a random sample of
 // output features (for SwiGLU: feature i needs gate row i and up row N/2 + i).
