@@ -50,14 +50,18 @@ struct Int4Linear {
 
 // Per-tensor scale s_t = 2^e, e in 0..14 (§1): over the candidates before the first that overflows
 // (a group absmax x s_t > 448), the smallest underflow U (sum over groups of (w_min - g)/w_min for
-// g < w_min = 7 * 2^-9), ties to the smaller s_t. `group_absmax` are the groups' absmax at s_t = 1.
+// g < w_min), ties to the smaller s_t. `group_absmax` are the groups' absmax at s_t = 1. The
+// published w_min = 7 * 2^-9 (sigma below e4m3's smallest subnormal); 7 * 2^-6 also keeps sigma out
+// of e4m3's subnormal range, where it has fewer than 3 mantissa bits.
 struct TensorScaleChoice {
   int exponent = 0;
   double underflow = 0;  // U at the chosen scale
   double underflow_at_one = 0;
 };
-TensorScaleChoice choose_tensor_scale(const std::vector<double>& group_absmax);
-constexpr double kInt4GroupMinAbsmax = 7.0 / 512.0;  // smallest absmax whose sigma is >= 2^-9
+constexpr double kInt4GroupMinAbsmax = 7.0 / 512.0;       // smallest absmax whose sigma is >= 2^-9
+constexpr double kInt4GroupMinNormalAbsmax = 7.0 / 64.0;  // smallest absmax whose sigma is normal
+TensorScaleChoice choose_tensor_scale(const std::vector<double>& group_absmax,
+                                      double w_min = kInt4GroupMinAbsmax);
 
 // Quantizes W [N][K] (float64, after every transformation) and its optional bias [N] to INT4:
 // per-tensor scale (when the recipe asks), clamp to +-448, group scales, q = int4_quantize.

@@ -21,6 +21,12 @@ enum class KRemainder {
   kZeroPad,  // pad K with zero columns to the next multiple (exact: the padded inputs are zero)
 };
 
+// Which FP8 group scales count as underflowing in the per-tensor scale search.
+enum class TensorScaleFloor {
+  kSubnormal,  // published: sigma below e4m3's smallest subnormal 2^-9 (group absmax < 7 * 2^-9)
+  kNormal,     // sigma inside e4m3's subnormal range too (group absmax < 7 * 2^-6)
+};
+
 enum class ActivationDType {
   kFp8E4M3PerToken,  // dynamic FP8, one BF16 scale per token (W4A8)
   kBf16,             // BF16 activations (W4A16)
@@ -45,6 +51,7 @@ struct QuantRecipe {
   ScaleDType weight_scale_dtype = ScaleDType::kFp8E4M3;
   KRemainder k_remainder = KRemainder::kRefuse;
   bool per_tensor_scale = false;  // search s_t = 2^0..2^14 against FP8 group-scale underflow
+  TensorScaleFloor tensor_scale_floor = TensorScaleFloor::kSubnormal;
   ActivationDType activations = ActivationDType::kBf16;
 
   SmoothingPair smooth_qkv, smooth_o, smooth_gate_up, smooth_down;

@@ -32,11 +32,11 @@ std::vector<float> Int4Linear::dequantize() const {
   return w;
 }
 
-TensorScaleChoice choose_tensor_scale(const std::vector<double>& group_absmax) {
+TensorScaleChoice choose_tensor_scale(const std::vector<double>& group_absmax, double w_min) {
   auto underflow = [&](double s) {
     double u = 0;
     for (const double g : group_absmax)
-      if (g * s < kInt4GroupMinAbsmax) u += (kInt4GroupMinAbsmax - g * s) / kInt4GroupMinAbsmax;
+      if (g * s < w_min) u += (w_min - g * s) / w_min;
     return u;
   };
   auto overflows = [&](double s) {
@@ -92,7 +92,12 @@ Int4Linear quantize_int4_linear(const Matrix64& weight, const std::vector<double
       double& m = group_absmax[n * groups + k / g];
       m = std::max(m, std::fabs(weight.row(n)[k]));
     }
-  if (recipe.per_tensor_scale) out.tensor_scale_exponent = choose_tensor_scale(group_absmax).exponent;
+  if (recipe.per_tensor_scale)
+    out.tensor_scale_exponent =
+        choose_tensor_scale(group_absmax, recipe.tensor_scale_floor == TensorScaleFloor::kNormal
+                                              ? kInt4GroupMinNormalAbsmax
+                                              : kInt4GroupMinAbsmax)
+            .exponent;
   const double s_t = std::ldexp(1.0, out.tensor_scale_exponent);
 
   // Scaled, clamped float weights of one group, then sigma and q from numerics.h.

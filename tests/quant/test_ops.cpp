@@ -71,6 +71,9 @@ TEST(QuantInt4, TensorScaleSearchHandChecked) {
   EXPECT_EQ(choose_tensor_scale({0.5, 1.0}).exponent, 0);
   // Capped at 2^14.
   EXPECT_EQ(choose_tensor_scale({1e-9}).exponent, 14);
+  // The normal-range floor 7 * 2^-6 = 0.109 asks more: 0.05 needs 2^2 (0.2), 2^1 (0.1) is not enough.
+  EXPECT_EQ(choose_tensor_scale({0.05, 1.0}).exponent, 0);
+  EXPECT_EQ(choose_tensor_scale({0.05, 1.0}, kInt4GroupMinNormalAbsmax).exponent, 2);
 }
 
 TEST(QuantInt4, BiasIsScaledAndWeightsClampedTo448) {

@@ -65,6 +65,7 @@ TEST(QuantRecipe, YamlAndJsonRoundTripEveryField) {
   r.k_remainder = KRemainder::kRefuse;
   r.kv_scale_dtype = ScaleDType::kBf16;
   r.smooth_o = {true, 1, 0.25};
+  r.tensor_scale_floor = TensorScaleFloor::kNormal;
   for (const std::string& text : {recipe_to_yaml(r), recipe_to_json(r)}) {
     const QuantRecipe back = parse_recipe(text, "round-trip");
     EXPECT_EQ(recipe_to_json(back), recipe_to_json(r)) << text;
@@ -95,6 +96,7 @@ TEST(QuantRecipe, OutOfRangeAndMistypedValuesAreRefusedWithTheKeyNamed) {
   expect_refused("name: x\nweights: {bits: four}\n", {"weights.bits", "integer"});
   expect_refused("name: x\nweights: {scale_dtype: fp16}\n", {"weights.scale_dtype", "fp16"});
   expect_refused("name: x\nweights: {k_not_multiple_of_group: truncate}\n", {"k_not_multiple_of_group"});
+  expect_refused("name: x\nweights: {tensor_scale_floor: tiny}\n", {"weights.tensor_scale_floor"});
   expect_refused("name: x\nsmoothing: {down: {scale_type: 3}}\n", {"smoothing.down.scale_type"});
   expect_refused("name: x\nsmoothing: {down: {constant: 0}}\n", {"smoothing.down.constant"});
   expect_refused("name: x\nv_mul: -1\n", {"v_mul"});
