@@ -45,7 +45,7 @@ GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count,
     const int items = base_items * splits;
     const int waves = (items + sm_count - 1) / sm_count;
     const double fill = static_cast<double>(items) / (static_cast<double>(waves) * sm_count);
-    const double atomics = 8.0 * splits * m / k;
+    const double atomics = splits > 1 ? 8.0 * splits * m / k : 0.0;
     const double score = fill / (1.0 + atomics) - 0.06 * (splits - 1);
     if (score > best_score + 1e-9) {
       best_score = score;
