@@ -16,6 +16,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fireq/engine.h"
@@ -57,7 +58,14 @@ CudaMemoryPlan plan_cuda_memory(const LlamaConfig& config, const CudaEngineOptio
 // Number of CUDA devices (0 when there is no GPU or no driver); never throws.
 int cuda_device_count();
 
-class CudaEngine {
+struct CudaDeviceInfo {
+  std::string name;
+  int sm_count = 0;
+  int64_t free_bytes = 0, total_bytes = 0;
+};
+CudaDeviceInfo cuda_device_info();  // of the current device
+
+class CudaEngine final : public Engine {
  public:
   // Converts `weights` to BF16 on the GPU (the host copy is not kept).
   CudaEngine(const LlamaWeights& weights, const CudaEngineOptions& options = {});
@@ -65,18 +73,18 @@ class CudaEngine {
   // For benchmarks of real shapes whose weights cannot be shipped.
   static std::unique_ptr<CudaEngine> with_random_weights(const LlamaConfig& config, uint64_t seed,
                                                          const CudaEngineOptions& options = {});
-  ~CudaEngine();
+  ~CudaEngine() override;
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
 
-  const LlamaConfig& config() const;
+  const LlamaConfig& config() const override;
   const CudaMemoryPlan& memory_plan() const;
-  int max_context() const;
+  int max_context() const override;
 
-  // The CPU engine's single-sequence interface, on a sequence the engine keeps for it.
-  void reset();
-  int position() const;
-  std::vector<float> forward(std::span<const int32_t> tokens, LogitsFor which);
+  // The Engine interface (engine.h), on a sequence the engine keeps for it.
+  void reset() override;
+  int position() const override;
+  std::vector<float> forward(std::span<const int32_t> tokens, LogitsFor which) override;
 
   // ----- Several sequences -----
   // A new empty sequence (its id), or -1 when max_sequences are alive.
@@ -107,6 +115,12 @@ class CudaEngine {
 
   // Waits for the GPU (for timing).
   void synchronize() const;
+
+  // While on, every step records CUDA events between its ops; take_profile() returns the GPU time
+  // per op (milliseconds, summed over the steps since the last call, in the order of the forward
+  // pass) and starts over. Events cost a little: profile separately from timing.
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, double>> take_profile();
 
  private:
   struct Impl;

@@ -78,18 +78,30 @@ class AttentionNumerics {
 
 enum class LogitsFor { kNone, kLast, kAll };
 
-class CpuEngine {
+// What `fireq generate` / `fireq ppl` drive: one sequence, fed tokens, returning logits. The CPU
+// reference engine and the CUDA engine (cuda_engine.h) both implement it.
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual const LlamaConfig& config() const = 0;
+  virtual int max_context() const = 0;
+  virtual void reset() = 0;
+  virtual int position() const = 0;
+  virtual std::vector<float> forward(std::span<const int32_t> tokens, LogitsFor which) = 0;
+};
+
+class CpuEngine final : public Engine {
  public:
   // `weights` must outlive the engine. The context is limited to max_context tokens
   // (0: config.max_position_embeddings).
   explicit CpuEngine(const LlamaWeights& weights, int max_context = 0);
-  ~CpuEngine();
+  ~CpuEngine() override;
   CpuEngine(const CpuEngine&) = delete;
   CpuEngine& operator=(const CpuEngine&) = delete;
 
-  const LlamaConfig& config() const { return weights_.config; }
+  const LlamaConfig& config() const override { return weights_.config; }
   const LlamaWeights& weights() const { return weights_; }
-  int max_context() const { return max_context_; }
+  int max_context() const override { return max_context_; }
 
   // Replaces one linear layer (its in/out features must match the one it replaces).
   void set_linear(int layer, LinearSite site, std::unique_ptr<Linear> linear);
@@ -99,13 +111,13 @@ class CpuEngine {
   void set_observer(Observer observer);  // empty: none
 
   // Forgets every cached token: the next forward starts at position 0.
-  void reset();
-  int position() const { return position_; }
+  void reset() override;
+  int position() const override { return position_; }
 
   // Runs `tokens` at positions position() .. position()+n-1 (attending to everything cached
   // before them), appends their keys/values to the cache and returns the logits of the last token
   // ([vocab]), of every token ([n, vocab] row-major), or nothing.
-  std::vector<float> forward(std::span<const int32_t> tokens, LogitsFor which);
+  std::vector<float> forward(std::span<const int32_t> tokens, LogitsFor which) override;
 
  private:
   struct Layer;
@@ -155,7 +167,7 @@ struct PerplexityResult {
   double seconds = 0;
 };
 
-PerplexityResult evaluate_perplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> tokens,
                                      const PerplexityOptions& options,
                                      const std::function<void(const PerplexityProgress&)>& progress = {});
 

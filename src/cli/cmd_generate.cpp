@@ -82,7 +82,8 @@ int run_generate(int argc, char** argv) {
              {"chat", "wrap the prompt in the model's chat format (ChatML or Llama 3)", "", true},
              {"system", "system message for --chat", ""},
              {"bos", "prepend the tokenizer's BOS token", "", true},
-             {"threads", "BLAS threads (0 = all cores)", "0"}});
+             {"threads", "BLAS threads (0 = all cores)", "0"},
+             {"device", "cpu, or cuda (the CUDA engine's BF16 path)", "cpu"}});
   if (!args.parse(argc, argv)) return 0;
   if (!args.positional().empty()) fail("unexpected argument '", args.positional()[0], "'");
   const std::string prompt = args.str("prompt");
@@ -103,7 +104,8 @@ int run_generate(int argc, char** argv) {
   const auto load_start = Clock::now();
   EvaluationModel model(model_path);  // a float model, or a FireQ checkpoint with its numerics
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model.tokenizer_path());
-  CpuEngine& engine = model.engine();
+  const std::unique_ptr<Engine> gpu_engine = device_engine(args.str("device"), model.weights(), 0, 2048);
+  Engine& engine = gpu_engine ? *gpu_engine : model.engine();
   const LlamaConfig& config = model.weights().config;
   std::fprintf(stderr, "[generate] %s: %d layers, hidden %d, vocab %d (%s), loaded in %.1f s\n",
                model_path.c_str(), config.num_hidden_layers, config.hidden_size, config.vocab_size,

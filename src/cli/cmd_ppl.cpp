@@ -54,7 +54,8 @@ int run_ppl(int argc, char** argv) {
              {"seq-len", "tokens per window", "2048"},
              {"max-windows", "evaluate the first N windows (0 = all)", "16"},
              {"chunk", "tokens per forward call inside a window", "512"},
-             {"threads", "BLAS threads (0 = all cores)", "0"}});
+             {"threads", "BLAS threads (0 = all cores)", "0"},
+             {"device", "cpu, or cuda (the CUDA engine's BF16 path)", "cpu"}});
   if (!args.parse(argc, argv)) return 0;
   if (!args.positional().empty()) fail("unexpected argument '", args.positional()[0], "'");
   auto int_flag = [&](const char* name, long long min) {
@@ -73,7 +74,8 @@ int run_ppl(int argc, char** argv) {
   auto start = Clock::now();
   EvaluationModel model(model_path);  // a float model, or a FireQ checkpoint with its numerics
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model.tokenizer_path());
-  CpuEngine& engine = model.engine();
+  const std::unique_ptr<Engine> gpu_engine = device_engine(args.str("device"), model.weights(), options.seq_len, options.chunk);
+  Engine& engine = gpu_engine ? *gpu_engine : model.engine();
   const LlamaWeights& weights = model.weights();
   std::fprintf(stderr, "[ppl] %s (%s) loaded in %.1f s\n", model_path.c_str(),
                weights.source_description.c_str(), seconds_since(start));

@@ -17,7 +17,7 @@ double token_nll(std::span<const float> logits, int32_t target) {
   return std::log(sum) + max - logits[target];
 }
 
-PerplexityResult evaluate_perplexity(CpuEngine& engine, std::span<const int32_t> tokens,
+PerplexityResult evaluate_perplexity(Engine& engine, std::span<const int32_t> tokens,
                                      const PerplexityOptions& options,
                                      const std::function<void(const PerplexityProgress&)>& progress) {
   if (options.seq_len < 2) fail("perplexity: seq-len must be at least 2, got ", options.seq_len);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 #include "fireq/cuda_check.h"
 #include "fireq/cuda_engine.h"
@@ -90,6 +91,17 @@ int cuda_device_count() {
   return count;
 }
 
+CudaDeviceInfo cuda_device_info() {
+  int device = 0;
+  FIREQ_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp properties{};
+  FIREQ_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  size_t free_bytes = 0, total_bytes = 0;
+  FIREQ_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return {.name = properties.name, .sm_count = properties.multiProcessorCount,
+          .free_bytes = static_cast<int64_t>(free_bytes), .total_bytes = static_cast<int64_t>(total_bytes)};
+}
+
 struct CudaEngine::Impl {
   LlamaConfig config;
   CudaEngineOptions options;
@@ -129,6 +141,14 @@ struct CudaEngine::Impl {
   std::vector<int> last_step_sequences;  // the chunks' sequences of the last step
   int last_logit_rows = 0;
   int default_sequence = -1;
+
+  // Profiling: an event after each op of a step, named by the op.
+  bool profiling = false;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks;  // this step's, in order
+  std::vector<cudaEvent_t> spare_events;
+  std::vector<std::pair<std::string, double>> profile;
+  void mark(const char* op);
+  void collect_profile();
 
   Impl(const LlamaConfig& c, const CudaEngineOptions& o);
   ~Impl();
@@ -214,6 +234,8 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : confi
 
 CudaEngine::Impl::~Impl() {
   if (stream) cudaStreamSynchronize(stream);
+  for (const auto& [op, event] : marks) cudaEventDestroy(event);
+  for (cudaEvent_t event : spare_events) cudaEventDestroy(event);
   cudaFree(sort_workspace);
   cudaFreeHost(host_metadata);
   cudaFreeHost(host_row_options);
@@ -221,6 +243,34 @@ CudaEngine::Impl::~Impl() {
   if (metadata_copied) cudaEventDestroy(metadata_copied);
   gemm.reset();
   if (stream) cudaStreamDestroy(stream);
+}
+
+void CudaEngine::Impl::mark(const char* op) {
+  if (!profiling) return;
+  cudaEvent_t event;
+  if (spare_events.empty()) {
+    FIREQ_CUDA_CHECK(cudaEventCreate(&event));
+  } else {
+    event = spare_events.back();
+    spare_events.pop_back();
+  }
+  FIREQ_CUDA_CHECK(cudaEventRecord(event, stream));
+  marks.emplace_back(op, event);
+}
+
+// Adds the time between consecutive marks to the op named by the later one.
+void CudaEngine::Impl::collect_profile() {
+  if (marks.empty()) return;
+  FIREQ_CUDA_CHECK(cudaEventSynchronize(marks.back().second));
+  for (size_t i = 1; i < marks.size(); ++i) {
+    float ms = 0;
+    FIREQ_CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second));
+    auto it = std::find_if(profile.begin(), profile.end(), [&](const auto& p) { return p.first == marks[i].first; });
+    if (it == profile.end()) it = profile.insert(profile.end(), {marks[i].first, 0.0});
+    it->second += ms;
+  }
+  for (const auto& [op, event] : marks) spare_events.push_back(event);
+  marks.clear();
 }
 
 void CudaEngine::Impl::allocate_weights() {
@@ -405,24 +455,38 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
                           .workspace = attention_workspace};
   choose_attention_splits(attention, max_keys, sm_count);
 
+  mark("start");
   embed_tokens(embeddings, step.token_ids, n, hidden, residual, stream);
+  mark("embedding");
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& w = layers[l];
     rms_norm_to_bf16(residual, nullptr, n, hidden, w.attn_norm, c.rms_norm_eps, normed, stream);
+    mark("rmsnorm");
     gemm->run(normed, w.wqkv, qkv, n, qkv_width, hidden, false, stream);
+    mark("qkv_proj (cuBLASLt BF16)");
     rope_and_write_cache({.qkv = qkv, .bias = w.qkv_bias, .cos_sin = rope_table, .q_heads = c.num_attention_heads,
                           .q_out = q, .pool = pool, .layer = l},
                          step, stream);
+    mark("rope + KV cache write");
     attention.layer = l;
     paged_attention_bf16(attention, step, stream);
+    mark("attention (BF16 KV)");
     gemm->run(attended, w.wo, residual, n, hidden, qd, true, stream);
+    mark("o_proj + residual");
     rms_norm_to_bf16(residual, nullptr, n, hidden, w.ffn_norm, c.rms_norm_eps, normed, stream);
+    mark("rmsnorm");
     gemm->run(normed, w.w_gate_up, gate_up, n, 2 * inter, hidden, false, stream);
+    mark("gate|up_proj");
     swiglu_to_bf16(gate_up, n, inter, activated, stream);
+    mark("silu * mul");
     gemm->run(activated, w.w_down, residual, n, hidden, inter, true, stream);
+    mark("down_proj + residual");
   }
   rms_norm_to_bf16(residual, device(logit_rows), rows, hidden, final_norm, c.rms_norm_eps, logit_inputs, stream);
+  mark("final norm");
   gemm->run(logit_inputs, lm_head, logits, rows, c.vocab_size, hidden, false, stream);
+  mark("lm_head");
+  collect_profile();
 
   for (const Chunk& chunk : chunks) sequences[chunk.sequence].length += static_cast<int>(chunk.tokens.size());
   last_step_sequences.clear();
@@ -546,7 +610,7 @@ std::vector<int32_t> CudaEngine::sample() {
   bool any_random = false;
   for (int r = 0; r < rows; ++r) {
     const SamplingOptions& o = m.sequences[m.last_step_sequences[r]].sampling;
-    m.host_row_options[r] = {.slot = m.last_step_sequences[r], .temperature = static_cast<float>(o.temperature),
+    m.host_row_options[r] = {.slot = m.last_step_sequences[r], .temperature = o.temperature,
                              .top_k = o.top_k, .top_p = o.top_p};
     any_random |= o.temperature > 0;
   }
@@ -566,5 +630,9 @@ std::vector<int32_t> CudaEngine::sample() {
 }
 
 void CudaEngine::synchronize() const { FIREQ_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
+
+void CudaEngine::set_profiling(bool on) { impl_->profiling = on; }
+
+std::vector<std::pair<std::string, double>> CudaEngine::take_profile() { return std::exchange(impl_->profile, {}); }
 
 }  // namespace fireq

@@ -95,7 +95,7 @@ void fill_random_f32(float* out, size_t count, uint64_t seed, float offset, floa
 // ----- Sampling -----
 struct RowSampling {
   int slot = 0;            // index into the RNG states
-  float temperature = 0;   // 0: greedy
+  double temperature = 0;  // 0: greedy
   int top_k = 0;
   double top_p = 1.0;
 };

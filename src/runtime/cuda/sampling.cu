@@ -107,7 +107,7 @@ __device__ int first_prefix(int count, Probability probability, Reached reached,
 __global__ void sample_sorted_kernel(const float* sorted_logits, const int32_t* sorted_ids, int vocab,
                                      const RowSampling* options, uint64_t* rng_states, int32_t* out) {
   const RowSampling o = options[blockIdx.x];
-  if (o.temperature <= 0.0f) return;  // greedy: the argmax is already there
+  if (o.temperature <= 0.0) return;  // greedy: the argmax is already there
   __shared__ SampleStorage s;
   const float* logits = sorted_logits + size_t(blockIdx.x) * vocab;
   const int32_t* ids = sorted_ids + size_t(blockIdx.x) * vocab;

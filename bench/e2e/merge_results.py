@@ -1,0 +1,91 @@
+"""Merges `fireq bench` rows with the Hugging Face peers measured in the same device run into
+bench/results/e2e-<device>-<date>.json (schema: ../shared/BENCH_RESULTS.md) and a markdown table.
+
+usage: merge_results.py OURS.json PEERS.json COMMIT COMMAND OUT_PREFIX
+"""
+import datetime
+import json
+import sys
+
+ours_path, peers_path, commit, command, out_prefix = sys.argv[1:6]
+ours = json.load(open(ours_path))
+try:
+    peers = json.load(open(peers_path))
+    peer_rows, peer_error = peers.get("rows", {}), "; ".join(peers.get("errors", [])) or None
+except (OSError, ValueError) as e:
+    peers, peer_rows, peer_error = {}, {}, f"peers did not run: {e}"
+
+
+def peer(key, to_us):
+    value = peer_rows.get(key)
+    return None if value is None else to_us(value)
+
+
+rows = []
+for row in ours["rows"]:
+    case = row["case"]
+    eager = compiled = None
+    if case == "ttft" and row["batch"] == 1:
+        eager = peer(f"ttft_ms_bs1_S{row['prompt']}", lambda ms: ms * 1e3)
+    elif case == "prefill" and row["batch"] == 16 and row["prompt"] == 1024:
+        eager = peer("prefill_tok_s_bs16_S1024", lambda tok_s: 16 * 1024 / tok_s * 1e6)
+    elif case == "decode":
+        b = row["batch"]
+        eager = peer(f"decode_tok_s_eager_bs{b}", lambda tok_s: b / tok_s * 1e6)
+        compiled = peer(f"decode_tok_s_compiled_bs{b}", lambda tok_s: b / tok_s * 1e6)
+    if case != "peak_memory":
+        row["peers_us"] = {"hf_transformers_bf16_sdpa_eager": eager, "hf_transformers_bf16_static_compiled": compiled}
+        missing = [k for k, v in row["peers_us"].items() if v is None]
+        if missing:
+            row["peers_error"] = (peer_error or "") + (
+                " the peer script does not measure this case" if not peer_error else "")
+    rows.append(row)
+
+device = ours["device"]
+date = datetime.date.today().isoformat()
+result = {"area": "e2e", "device": device, "date": date, "commit": commit, "command": command, "rows": rows,
+          "peers_meta": {k: peers.get(k) for k in ("torch", "transformers", "device")}}
+json.dump(result, open(out_prefix + ".json", "w"), indent=1)
+
+
+def fmt(x, digits=1):
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+lines = [f"# End-to-end, {device}, {date} (commit {commit[:10]})", "",
+         f"`{command}`", "",
+         "Ours = the CUDA engine's BF16 path (cuBLASLt BF16 linears, paged BF16 KV, FP32 CUDA-core attention), "
+         "random weights of the shapes on the GPU; peers = Hugging Face transformers BF16 in the same run "
+         "(bench/e2e/torch_e2e_peers.py).", "",
+         "| case | shape | batch | tokens | ours | HF eager (SDPA) | HF static + compile | ours vs best HF |",
+         "|---|---|---|---|---|---|---|---|"]
+for row in rows:
+    case = row["case"]
+    if case == "peak_memory":
+        lines.append(f"| peak GPU memory | {row['shape']} | | | {row['gib']:.2f} GiB | | | |")
+        continue
+    p = row.get("peers_us", {})
+    eager, compiled = p.get("hf_transformers_bf16_sdpa_eager"), p.get("hf_transformers_bf16_static_compiled")
+    best = min([x for x in (eager, compiled) if x is not None], default=None)
+    speedup = None if best is None else best / row["us"]
+    if case == "ttft":
+        ours_text, peer_text = f"{row['ms']:.1f} ms", [fmt(x and x / 1e3) + " ms" if x else "—" for x in (eager, compiled)]
+        tokens = row["prompt"]
+    elif case == "prefill":
+        ours_text = f"{row['tok_s']:,.0f} tok/s"
+        peer_text = [fmt(x and row['batch'] * row['prompt'] / x * 1e6, 0) + " tok/s" if x else "—" for x in (eager, compiled)]
+        tokens = f"{row['batch']}×{row['prompt']}"
+    else:
+        ours_text = f"{row['tok_s']:,.1f} tok/s ({100 * row['roofline_fraction']:.0f}% of BF16 roofline)"
+        peer_text = [fmt(x and row['batch'] / x * 1e6) + " tok/s" if x else "—" for x in (eager, compiled)]
+        tokens = f"ctx {row['context']}"
+    lines.append(f"| {case} | {row['shape']} | {row['batch']} | {tokens} | {ours_text} | {peer_text[0]} | "
+                 f"{peer_text[1]} | {fmt(speedup, 2)}× |")
+for row in rows:
+    if "profile" in row:
+        total = sum(p["ms"] for p in row["profile"])
+        lines += ["", f"Profile of one {row['case']} step, batch {row['batch']} ({total:.3f} ms GPU time):", "",
+                  "| op | ms | share |", "|---|---|---|"]
+        lines += [f"| {p['op']} | {p['ms']:.3f} | {100 * p['share']:.1f}% |" for p in row["profile"]]
+open(out_prefix + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
