@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -105,6 +107,53 @@ void parse_eos(const json& j, const std::string& source, LlamaConfig& config) {
   if (!config.eos_token_ids.empty()) config.eos_token_id = config.eos_token_ids.front();
 }
 
+// The llama3 RoPE divisor of one frequency, as transformers computes it.
+double llama3_divisor(const RopeScalingLlama3& s, double frequency) {
+  const double wavelength = 2.0 * M_PI / frequency;
+  const double original = s.original_max_position_embeddings;
+  if (wavelength < original / s.high_freq_factor) return 1.0;
+  if (wavelength > original / s.low_freq_factor) return s.factor;
+  const double smooth = (original / wavelength - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  return 1.0 / ((1.0 - smooth) / s.factor + smooth);
+}
+
+// llama.cpp stores Llama 3.1 RoPE scaling as one divisor per frequency (rope_freqs.weight): 1 for
+// short wavelengths, `factor` for long ones, 1 / ((1 - s) / factor + s) between, where
+// s = (L / wavelength - low) / (high - low) is linear in 1 / wavelength. Only L/low and L/high
+// matter, so L is set to Llama 3.1's 8192 and low/high come from the line through the transitional
+// frequencies; the recovered parameters must then reproduce every stored divisor.
+RopeScalingLlama3 llama3_scaling_from_rope_freqs(const GgufTensor& tensor, double theta, int head_dim,
+                                                 const std::string& source) {
+  const std::string where = source + ": tensor 'rope_freqs.weight'";
+  if (tensor.numel() != head_dim / 2) fail(where, ": ", tensor.numel(), " factors, expected head_dim/2 = ", head_dim / 2);
+  const std::vector<float> divisors = dequantize(tensor);
+  const auto frequency = [&](size_t i) { return std::pow(theta, -2.0 * static_cast<double>(i) / head_dim); };
+  RopeScalingLlama3 s;
+  s.factor = *std::max_element(divisors.begin(), divisors.end());
+  if (s.factor <= 1.0 + 1e-6) return s;  // all ones: no scaling
+
+  constexpr double kTolerance = 1e-4;
+  std::vector<std::pair<double, double>> line;  // (1 / wavelength, s)
+  for (size_t i = 0; i < divisors.size(); ++i) {
+    if (divisors[i] <= 1.0 + kTolerance || divisors[i] >= s.factor - kTolerance) continue;
+    const double smooth = (1.0 / divisors[i] - 1.0 / s.factor) / (1.0 - 1.0 / s.factor);
+    line.emplace_back(frequency(i) / (2.0 * M_PI), smooth);
+  }
+  if (line.size() < 2)
+    fail(where, ": too few transitional frequencies to recover the llama3 rope scaling parameters");
+  const auto [x0, s0] = line.front();
+  const auto [x1, s1] = line.back();
+  const double slope = (s1 - s0) / (x1 - x0), intercept = s0 - slope * x0;
+  s.enabled = true;
+  s.original_max_position_embeddings = 8192;
+  s.low_freq_factor = -intercept * s.original_max_position_embeddings / slope;
+  s.high_freq_factor = s.low_freq_factor + s.original_max_position_embeddings / slope;
+  for (size_t i = 0; i < divisors.size(); ++i)
+    if (std::abs(llama3_divisor(s, frequency(i)) - divisors[i]) > 1e-3 * divisors[i])
+      fail(where, ": factor ", i, " = ", divisors[i], " does not follow the llama3 rope scaling pattern");
+  return s;
+}
+
 }  // namespace
 
 void validate_llama_config(const LlamaConfig& c, const std::string& source) {
@@ -195,8 +244,8 @@ LlamaConfig llama_config_from_gguf(const GgufFile& gguf) {
   const std::string scaling = gguf.get_string(p + "rope.scaling.type", "none");
   if (scaling != "none")
     fail(source, ": ", p, "rope.scaling.type '", scaling, "' is not supported");
-  if (gguf.find_tensor("rope_freqs.weight"))
-    fail(source, ": tensor 'rope_freqs.weight' (llama3 RoPE frequency factors) is not supported yet");
+  if (const GgufTensor* freqs = gguf.find_tensor("rope_freqs.weight"))
+    c.rope_scaling = llama3_scaling_from_rope_freqs(*freqs, c.rope_theta, c.head_dim, source);
 
   if (gguf.has(p + "vocab_size")) c.vocab_size = as_int(p + "vocab_size");
   else if (const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens"); tokens && tokens->is_array())

@@ -1,5 +1,9 @@
 // config.json parsing on configs shaped like the real ones (fields as published with the models).
+#include <cmath>
+
 #include "fireq/config.h"
+#include "fireq/gguf.h"
+#include "gguf_builder.h"
 #include "test_util.h"
 
 namespace fireq {
@@ -180,6 +184,81 @@ TEST(Config, RefusesUnsupportedModels) {
 TEST(Config, MissingFileIsAnError) {
   EXPECT_THAT(error_of([] { load_llama_config("/nonexistent/config.json"); }),
               HasSubstr("/nonexistent/config.json: cannot open"));
+}
+
+// A Llama-3.1-8B-shaped GGUF header (no weights needed for the config) with rope_freqs.weight as
+// llama.cpp's converter computes it from factor 8, low 1, high 4, original context 8192.
+class GgufConfig : public fireq::testing::TempDirTest {
+ protected:
+  static std::vector<float> converter_rope_factors(double theta, int head_dim) {
+    std::vector<float> factors;
+    const double factor = 8.0, low = 1.0, high = 4.0, original = 8192.0;
+    for (int i = 0; i < head_dim; i += 2) {
+      const double wavelength = 2.0 * M_PI * std::pow(theta, static_cast<double>(i) / head_dim);
+      if (wavelength < original / high) factors.push_back(1.0f);
+      else if (wavelength > original / low) factors.push_back(static_cast<float>(factor));
+      else {
+        const double smooth = (original / wavelength - low) / (high - low);
+        factors.push_back(static_cast<float>(1.0 / ((1.0 - smooth) / factor + smooth)));
+      }
+    }
+    return factors;
+  }
+
+  fireq::testing::GgufBuilder llama31(const std::vector<float>& rope_factors) {
+    using namespace fireq::testing;
+    GgufBuilder b;
+    b.add("general.architecture", gguf_string("llama"));
+    b.add("llama.embedding_length", gguf_int(GgufType::UINT32, 4096));
+    b.add("llama.block_count", gguf_int(GgufType::UINT32, 32));
+    b.add("llama.feed_forward_length", gguf_int(GgufType::UINT32, 14336));
+    b.add("llama.attention.head_count", gguf_int(GgufType::UINT32, 32));
+    b.add("llama.attention.head_count_kv", gguf_int(GgufType::UINT32, 8));
+    b.add("llama.attention.layer_norm_rms_epsilon", gguf_float(GgufType::FLOAT32, 1e-5));
+    b.add("llama.rope.freq_base", gguf_float(GgufType::FLOAT32, 500000.0));
+    b.add("llama.context_length", gguf_int(GgufType::UINT32, 131072));
+    b.add("llama.vocab_size", gguf_int(GgufType::UINT32, 128256));
+    b.add("tokenizer.ggml.bos_token_id", gguf_int(GgufType::UINT32, 128000));
+    b.add_tensor("rope_freqs.weight", GgmlType::F32, {rope_factors.size()},
+                 std::string(reinterpret_cast<const char*>(rope_factors.data()), rope_factors.size() * 4));
+    return b;
+  }
+};
+
+TEST_F(GgufConfig, Llama31RopeFactorsBecomeLlama3Scaling) {
+  fireq::testing::write_bytes(path("l31.gguf"), llama31(converter_rope_factors(500000.0, 128)).build());
+  const LlamaConfig c = llama_config_from_gguf(GgufFile(path("l31.gguf")));
+  EXPECT_EQ(c.hidden_size, 4096);
+  EXPECT_EQ(c.gqa_group(), 4);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.vocab_size, 128256);
+  EXPECT_EQ(c.max_position_embeddings, 131072);
+  EXPECT_TRUE(c.tie_word_embeddings);  // this header-only file has no output.weight
+  ASSERT_TRUE(c.rope_scaling.enabled);
+  EXPECT_NEAR(c.rope_scaling.factor, 8.0, 1e-6);
+  EXPECT_NEAR(c.rope_scaling.low_freq_factor, 1.0, 1e-3);
+  EXPECT_NEAR(c.rope_scaling.high_freq_factor, 4.0, 1e-3);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
+}
+
+TEST_F(GgufConfig, AllOnesRopeFactorsMeanNoScaling) {
+  fireq::testing::write_bytes(path("ones.gguf"), llama31(std::vector<float>(64, 1.0f)).build());
+  EXPECT_FALSE(llama_config_from_gguf(GgufFile(path("ones.gguf"))).rope_scaling.enabled);
+}
+
+TEST_F(GgufConfig, RefusesRopeFactorsOfAnotherShape) {
+  std::vector<float> factors = converter_rope_factors(500000.0, 128);
+  factors[3] = 2.5f;  // a high frequency that llama3 never scales
+  fireq::testing::write_bytes(path("odd.gguf"), llama31(factors).build());
+  const std::string message = error_of([&] { llama_config_from_gguf(GgufFile(path("odd.gguf"))); });
+  EXPECT_THAT(message, HasSubstr("odd.gguf: tensor 'rope_freqs.weight': factor "));
+  EXPECT_THAT(message, HasSubstr("does not follow the llama3"));
+
+  std::vector<float> ramp(64);
+  for (size_t i = 0; i < ramp.size(); ++i) ramp[i] = i < 63 ? 1.0f : 8.0f;
+  fireq::testing::write_bytes(path("step.gguf"), llama31(ramp).build());
+  EXPECT_THAT(error_of([&] { llama_config_from_gguf(GgufFile(path("step.gguf"))); }),
+              HasSubstr("too few transitional frequencies"));
 }
 
 }  // namespace
