@@ -2,8 +2,10 @@
 // CUDA graphs of many launches, weights rotated over buffers larger than L2 so they come from HBM,
 // median of 11 graph replays. Also measures the two ceilings (device-to-device copy bandwidth,
 // cuBLASLt FP8 at 8192^3). Writes one JSON object per line (bench/gemm/merge_results.py merges it
-// with the FBGEMM peers into bench/results/). --sweep times every tile/split configuration for the
-// decode sizes and prints the best, to regenerate the dispatch table.
+// with the FBGEMM peers into bench/results/). --sweep times every tile/split configuration of the
+// wgmma kernel up to M = 256 and prints the best, --sweep-decode every split count of the decode
+// kernel (M <= 64), to regenerate the dispatch table. At M <= 64 the wgmma kernel is also timed
+// (variant ours_wgmma:bf16) beside the dispatched decode kernel.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -170,15 +172,16 @@ void print_row(FILE* f, const char* name, int m, int n, int k, const std::string
 int main(int argc, char** argv) {
   try {
     std::string out_path = "bench_gemm.jsonl";
-    bool sweep = false;
+    bool sweep = false, sweep_decode = false;
     std::vector<int> ms = {1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
     for (int i = 1; i < argc; ++i) {
       if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
       else if (!std::strcmp(argv[i], "--sweep")) sweep = true;
+      else if (!std::strcmp(argv[i], "--sweep-decode")) sweep_decode = true;
       else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) {
         ms.clear();
         for (char* t = std::strtok(argv[++i], ","); t; t = std::strtok(nullptr, ",")) ms.push_back(std::atoi(t));
-      } else fail("bench_gemm: unknown argument ", argv[i], " (--out FILE, --m 1,16,..., --sweep)");
+      } else fail("bench_gemm: unknown argument ", argv[i], " (--out FILE, --m 1,16,..., --sweep, --sweep-decode)");
     }
     FIREQ_CUDA_CHECK(cudaStreamCreate(&g_stream));
     cudaDeviceProp prop;
@@ -278,8 +281,32 @@ int main(int argc, char** argv) {
           print_row(f, s.name, m, s.n, s.k, std::string("ours:") + epilogue_name(e), us, bytes, fp8_us, bf16_us);
           const GemmConfig c = choose_gemm_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
           std::printf("%-10s M=%-5d %-9s ours %8.2f us  cublaslt_fp8 %8.2f  cublas_bf16 %8.2f  x%.2f vs fp8  %5.0f GB/s  "
-                      "[tile %d split %d]\n", s.name, m, epilogue_name(e), us, fp8_us, bf16_us, fp8_us / us,
-                      bytes / (us * 1e-6) / 1e9, c.token_tile, c.splits);
+                      "[%s tile %d split %d]\n", s.name, m, epilogue_name(e), us, fp8_us, bf16_us, fp8_us / us,
+                      bytes / (us * 1e-6) / 1e9, c.kernel == GemmKernel::kDecodeMma ? "decode" : "wgmma", c.token_tile,
+                      c.splits);
+        }
+        if (m <= kDecodeMaxM) {  // the wgmma kernel at the same M, for the notes' before/after
+          const GemmConfig c = choose_wgmma_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
+          GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};
+          const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);
+          print_row(f, s.name, m, s.n, s.k, "ours_wgmma:bf16", us, io_bytes + 2.0 * m * s.n, fp8_us, bf16_us);
+          std::printf("%-10s M=%-5d bf16      wgmma %8.2f us  x%.2f vs fp8\n", s.name, m, us, fp8_us / us);
+        }
+        if (sweep_decode && m <= kDecodeMaxM) {
+          const int groups = s.k / 128;
+          for (int splits = 1; splits <= std::min(groups, 32); ++splits) {
+            GemmConfig c = choose_gemm_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
+            if (c.kernel != GemmKernel::kDecodeMma) break;
+            c.groups_per_split = (groups + splits - 1) / splits;
+            if ((groups + c.groups_per_split - 1) / c.groups_per_split != splits ||
+                m * decode_x_stride(c.groups_per_split * 128) > kDecodeXBudgetBytes)
+              continue;
+            c.splits = splits;
+            GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};
+            const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);
+            std::printf("sweep-decode %-10s M=%-3d splits %-2d %8.2f us\n", s.name, m, splits, us);
+            std::fprintf(f, "{\"sweep_decode\": \"%s\", \"M\": %d, \"splits\": %d, \"us\": %.2f}\n", s.name, m, splits, us);
+          }
         }
         {  // FP8 output for the next GEMM: the BF16 GEMM, then per-token FP8 of its rows.
           GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};

@@ -1,31 +1,61 @@
 // The GEMM's dispatch table (host code, no GPU): valid configurations for every Llama shape.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "fireq/error.h"
 #include "fireq/kernels/gemm.h"
 
 namespace fireq::gemm {
 namespace {
 
+const int kShapes[][3] = {{6144, 4096, 128}, {4096, 4096, 128}, {28672, 4096, 128}, {4096, 14336, 128},
+                          {12288, 4096, 128}, {22016, 4096, 128}, {4096, 11008, 128}, {960, 576, 64},
+                          {576, 1536, 64}, {57344, 8192, 128}};
+
+// The wgmma kernel's invariants (any M when called directly; M > 64 through the full table).
+void expect_valid_wgmma(const GemmConfig& c, int m, const int (&s)[3]) {
+  const int groups = s[1] / s[2];
+  EXPECT_EQ(c.kernel, GemmKernel::kWgmma);
+  EXPECT_TRUE(c.token_tile == 16 || c.token_tile == 64 || c.token_tile == 128);
+  EXPECT_GE(c.token_tile, std::min(m, 16)) << "M=" << m;
+  EXPECT_EQ((groups + c.groups_per_split - 1) / c.groups_per_split, c.splits) << "splits must cover K exactly";
+  EXPECT_TRUE(c.token_tile < 128 || c.splits == 1);
+  EXPECT_EQ(c.work_items, (s[0] / 64 + 1) / 2 * ((m + c.token_tile - 1) / c.token_tile) * c.splits);
+  EXPECT_EQ(c.grid, std::min(132, c.work_items));
+}
+
 TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
-  const int shapes[][3] = {{6144, 4096, 128}, {4096, 4096, 128}, {28672, 4096, 128}, {4096, 14336, 128},
-                           {12288, 4096, 128}, {22016, 4096, 128}, {4096, 11008, 128}, {960, 576, 64},
-                           {576, 1536, 64}, {57344, 8192, 128}};
-  for (const auto& s : shapes)
+  for (const auto& s : kShapes)
     for (const int m : {1, 4, 16, 17, 64, 65, 256, 257, 1024, 16384}) {
       const GemmConfig c = choose_gemm_config(m, s[0], s[1], s[2], 132, true);
       const int groups = s[1] / s[2];
-      EXPECT_TRUE(c.token_tile == 16 || c.token_tile == 64 || c.token_tile == 128);
-      EXPECT_GE(c.token_tile, std::min(m, 16)) << "M=" << m;
-      EXPECT_EQ((groups + c.groups_per_split - 1) / c.groups_per_split, c.splits) << "splits must cover K exactly";
-      EXPECT_TRUE(c.token_tile < 128 || c.splits == 1);
-      EXPECT_EQ(c.work_items, (s[0] / 64 + 1) / 2 * ((m + c.token_tile - 1) / c.token_tile) * c.splits);
-      EXPECT_EQ(c.grid, std::min(132, c.work_items));
+      if (m <= kDecodeMaxM) {
+        EXPECT_EQ(c.kernel, GemmKernel::kDecodeMma) << "M=" << m << " N=" << s[0];
+        EXPECT_TRUE(c.token_tile == 8 || c.token_tile == 16 || c.token_tile == 32 || c.token_tile == 64);
+        EXPECT_GE(c.token_tile, m);
+        EXPECT_LT(c.token_tile, 2 * std::max(m, 8)) << "the smallest m16n8 tile count that covers M";
+        EXPECT_EQ((groups + c.groups_per_split - 1) / c.groups_per_split, c.splits) << "splits must cover K exactly";
+        EXPECT_LE(m * decode_x_stride(c.groups_per_split * s[2]), kDecodeXBudgetBytes) << "X slice fits";
+        EXPECT_EQ(c.work_items, (s[0] / 64 + 1) / 2 * c.splits);
+        EXPECT_EQ(c.grid, c.work_items);
+      } else {
+        expect_valid_wgmma(c, m, s);
+      }
+      expect_valid_wgmma(choose_wgmma_config(m, s[0], s[1], s[2], 132, true), m, s);
       const GemmConfig no_workspace = choose_gemm_config(m, s[0], s[1], s[2], 132, false);
       EXPECT_EQ(no_workspace.splits, 1);
+      if (no_workspace.kernel == GemmKernel::kDecodeMma) {
+        EXPECT_LE(m * decode_x_stride(s[1]), kDecodeXBudgetBytes) << "unsplit X must fit";
+      }
     }
-  // Decode on a 4096-row weight: 32 tile pairs must be split to cover the SMs.
+  // Decode on a 4096-row weight: 32 tile pairs must be split to keep enough loads in flight.
   EXPECT_GT(choose_gemm_config(1, 4096, 4096, 128, 132, true).work_items, 100);
+  EXPECT_GT(choose_wgmma_config(1, 4096, 4096, 128, 132, true).work_items, 100);
+  // Llama-3-8B gate_up at M = 1: 224 tile pairs already fill HBM, no split (no atomics).
+  EXPECT_EQ(choose_gemm_config(1, 28672, 4096, 128, 132, true).splits, 1);
+  // M = 64 on K = 14336 cannot stage X without splitting: without a workspace, the wgmma kernel.
+  EXPECT_EQ(choose_gemm_config(64, 4096, 14336, 128, 132, false).kernel, GemmKernel::kWgmma);
   EXPECT_THROW(choose_gemm_config(0, 4096, 4096, 128, 132, true), Error);
 }
 

@@ -1,6 +1,6 @@
-// The Hopper INT4 x FP8 GEMM against the CPU reference: every linear shape of Llama-2-7B/13B,
-// Llama-3-8B/70B and SmolLM2-135M, ragged M, M = 1, each epilogue, forced split-K / tile configs,
-// fresh random inputs and poisoned outputs. Skipped without a GPU.
+// The Hopper INT4 x FP8 GEMM (both kernels) against the CPU reference: every linear shape of
+// Llama-2-7B/13B, Llama-3-8B/70B and SmolLM2-135M, ragged M, M = 1, each epilogue, forced kernel /
+// split-K / tile configs, fresh random inputs and poisoned outputs. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -35,6 +35,7 @@ struct Case {
   Epilogue epilogue;
   int forced_tile = 0;   // 0: the dispatch table
   int forced_splits = 1;
+  GemmKernel forced_kernel = GemmKernel::kWgmma;
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name << " M=" << c.m << " N=" << c.n << " K=" << c.k; }
@@ -136,6 +137,7 @@ void run_case(const Case& c) {
     forced.token_tile = c.forced_tile;
     forced.groups_per_split = (groups + c.forced_splits - 1) / c.forced_splits;
     forced.splits = (groups + forced.groups_per_split - 1) / forced.groups_per_split;
+    forced.kernel = c.forced_kernel;
   }
   // Twice: the second launch checks that split-K leaves its workspace clean.
   for (int launch = 0; launch < 2; ++launch) {
@@ -231,6 +233,24 @@ TEST(GemmGpu, SmallestShapesAndEveryTileAndSplit) {
         run_case({"forced t" + std::to_string(tile) + " s" + std::to_string(splits), tile + 3, 320, 1024, 64, e, tile,
                   splits});
     }
+}
+
+// The decode kernel (mma.sync, weights streamed into registers): every m16n8 tile count, ragged M
+// inside a tile, split-K with uneven splits, an odd tile pair (N = 320: its second tile is padding),
+// both group sizes and every epilogue. The model shapes above reach it through the table (M = 1, 37).
+TEST(GemmGpu, DecodeKernelEveryTokenTileAndSplit) {
+  SKIP_WITHOUT_GPU();
+  for (const int m : {1, 3, 8, 13, 16, 29, 33, 64})
+    for (const int splits : {1, 3}) {
+      const int tile = m <= 8 ? 8 : (m <= 16 ? 16 : (m <= 32 ? 32 : 64));
+      for (const Epilogue e : {Epilogue::kBf16, Epilogue::kSwiGlu, Epilogue::kResidualAdd}) {
+        const int group = e == Epilogue::kSwiGlu ? 128 : 64;
+        run_case({"decode t" + std::to_string(tile) + " s" + std::to_string(splits), m, 320, 1024, group, e, tile,
+                  splits, GemmKernel::kDecodeMma});
+      }
+    }
+  run_case({"decode k576 g64", 5, 192, 576, 64, Epilogue::kResidualAdd, 8, 9, GemmKernel::kDecodeMma});
+  run_case({"decode k128", 2, 64, 128, 128, Epilogue::kBf16, 8, 1, GemmKernel::kDecodeMma});
 }
 
 TEST(GemmGpu, RmsNormFp8MatchesReference) {

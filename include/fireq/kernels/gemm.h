@@ -58,18 +58,40 @@ struct SplitKWorkspace {
 size_t splitk_workspace_floats(int max_m, int n);
 size_t splitk_counter_count(int max_m, int n);
 
-// One launch configuration: token tile (wgmma N), split-K factor over groups, grid size.
+// Two kernels read the same kernel layout:
+//  - kWgmma: the warp-specialized TMA + wgmma kernel (every M; the only one for M > 64);
+//  - kDecodeMma: the decode kernel for M <= kDecodeMaxM: mma.sync m16n8k32 FP8, each warp streams
+//    its 16 weight rows' fragments straight from global memory into registers (no shared memory for
+//    the weights), X's K slice staged once per CTA in shared memory; one CTA per (tile pair, K split).
+enum class GemmKernel { kWgmma, kDecodeMma };
+constexpr int kDecodeMaxM = 64;
+// The decode kernel's shared-memory budget for its X slice (M x K/splits bytes): two CTAs per SM
+// fit with room for L1; the dispatch splits K until the slice fits.
+constexpr int kDecodeXBudgetBytes = 72 * 1024;
+// CTAs of the decode kernel resident per SM (its launch bounds; registers are the limit).
+constexpr int decode_ctas_per_sm(int token_tile) { return token_tile <= 16 ? 2 : 1; }
+// Bytes per token row of the decode kernel's X slice: a row of k_slice bytes padded so that rows
+// start 64 bytes apart modulo 128 (8 lanes reading 16 bytes of two tokens hit distinct banks).
+constexpr int decode_x_stride(int k_slice) { return k_slice % 128 == 0 ? k_slice + 64 : k_slice; }
+
+// One launch configuration: kernel, token tile (wgmma N; for the decode kernel 8 x its m16n8
+// tiles), split-K factor over groups, grid size.
 struct GemmConfig {
-  int token_tile = 0;  // 16, 64 or 128
+  int token_tile = 0;  // wgmma: 16, 64 or 128; decode: 8, 16, 32 or 64
   int splits = 1;
   int groups_per_split = 0;
   int grid = 0;
   int work_items = 0;
+  GemmKernel kernel = GemmKernel::kWgmma;
 };
 
-// The dispatch table (dispatch.cpp): token tile by M, split-K so that the weight stream covers the
-// SMs evenly. workspace_ok says whether the split-K workspace is large enough for this M.
+// The dispatch table (dispatch.cpp): M <= kDecodeMaxM runs the decode kernel (unless its X slice
+// cannot fit without a split-K workspace), else the wgmma kernel with a token tile by M; split-K so
+// that the weight stream covers the SMs. workspace_ok says whether the split-K workspace is large
+// enough for this M.
 GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);
+// The wgmma kernel's part of the table alone (any M): the bench compares both kernels with it.
+GemmConfig choose_wgmma_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);
 
 struct GemmArgs {
   const uint8_t* x = nullptr;        // FP8 e4m3 [M][K], row stride K bytes

@@ -1,4 +1,5 @@
-// Host side of the INT4 x FP8 GEMM: argument checks, the X tensor map, the launch per token tile.
+// Host side of the INT4 x FP8 GEMM: argument checks, the X tensor map, the launch per token tile
+// (or the decode kernel's launcher, w4a8_gemm_decode.cu, when the configuration says so).
 #include <cudaTypedefs.h>
 
 #include <mutex>
@@ -100,6 +101,11 @@ void gemm_w4a8(const GemmArgs& args, const PreparedWeights& w, const SplitKWorks
   p.epilogue = args.epilogue;
   if ((p.groups + p.groups_per_split - 1) / p.groups_per_split != p.splits)
     fail("gemm_w4a8: ", p.splits, " splits of ", p.groups_per_split, " groups do not cover ", p.groups, " groups");
+  if (c.kernel == GemmKernel::kDecodeMma) {
+    p.x = args.x;
+    launch_decode_gemm(p, c, stream);
+    return;
+  }
   const int grid = c.grid > 0 ? std::min(c.grid, p.work_items) : std::min(p.work_items, sm_count());
 
   const CUtensorMap map = make_x_map(args.x, args.m, w.k, c.token_tile);

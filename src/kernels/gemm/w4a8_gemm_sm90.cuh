@@ -20,23 +20,10 @@
 #include "fireq/kernels/gemm.h"
 #include "fireq/numerics.h"
 #include "ptx_sm90.cuh"
+#include "w4a8_common.cuh"
 
 namespace fireq::gemm {
 
-struct KernelParams {
-  const uint8_t* weights;  // kernel layout: one record per (tile pair, K group)
-  const float* x_scales;
-  const uint16_t* residual;
-  uint16_t* out;
-  float* partial;
-  int* counters;
-  float s_inv;
-  int m, n, k;
-  int n_tiles, tile_pairs, token_tiles;
-  int groups, blocks_per_group, groups_per_split, splits;
-  int work_items;
-  Epilogue epilogue;
-};
 
 template <int TokenTile>
 struct TileTraits {
@@ -80,58 +67,6 @@ __device__ __forceinline__ void wgmma_issue(const uint32_t (&a)[4], uint64_t des
                                             std::index_sequence<I...>) {
   Wgmma<N>::Op::fma(a[0], a[1], a[2], a[3], desc, d[I]...,
                     accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero);
-}
-
-// Four INT4 codes (two's complement nibbles in the low 16 bits of `nibbles`) -> four FP8 e4m3
-// bytes, exactly: two byte-permute lookups (codes 0..7 and 8..15) and a third that picks per byte.
-__device__ __forceinline__ uint32_t int4x4_to_fp8x4(uint32_t nibbles) {
-  constexpr uint32_t kPositive0 = 0x44403800u;  // fp8(0), fp8(1), fp8(2), fp8(3)
-  constexpr uint32_t kPositive1 = 0x4E4C4A48u;  // fp8(4) .. fp8(7)
-  constexpr uint32_t kNegative0 = 0xCACCCED0u;  // fp8(-8) .. fp8(-5)
-  constexpr uint32_t kNegative1 = 0xB8C0C4C8u;  // fp8(-4) .. fp8(-1)
-  const uint32_t index = nibbles & 0x7777u;
-  const uint32_t positive = __byte_perm(kPositive0, kPositive1, index);
-  const uint32_t negative = __byte_perm(kNegative0, kNegative1, index);
-  const uint32_t pick = 0x3210u | ((nibbles & 0x8888u) >> 1);  // byte i from `negative` if bit 3 set
-  return __byte_perm(positive, negative, pick);
-}
-
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
-// Epilogue for one consumer thread's accumulators. Rows of the weight tile are output features,
-// columns are tokens; value j of the fragment sits at row (j % 4 < 2 ? r0 : r0 + 8), column
-// 8 * (j / 4) + 2 * (lane % 4) + j % 2.
-template <int TokenTile>
-__device__ __forceinline__ void store_tile(const KernelParams& p, const float (&y)[TokenTile / 2], int tile, int token0,
-                                           int warp, int lane) {
-  const int row0 = warp * 16 + lane / 4;
-  const int n_out = p.epilogue == Epilogue::kSwiGlu ? p.n / 2 : p.n;
-#pragma unroll
-  for (int j = 0; j < TokenTile / 8; ++j) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const int token = token0 + 8 * j + 2 * (lane % 4) + c;
-      if (token >= p.m) continue;
-      const float token_scale = p.x_scales[token] * p.s_inv;
-      const float lo = y[4 * j + c] * token_scale;      // row0
-      const float hi = y[4 * j + 2 + c] * token_scale;  // row0 + 8
-      uint16_t* out_row = p.out + static_cast<size_t>(token) * n_out;
-      if (p.epilogue == Epilogue::kSwiGlu) {
-        const int feature = tile * 32 + warp * 8 + lane / 4;  // gate in row0, its up in row0 + 8
-        out_row[feature] = bf16_from_float(silu(lo) * hi);
-      } else {
-        const int feature = tile * kTileRows + row0;
-        float v0 = lo, v1 = hi;
-        if (p.epilogue == Epilogue::kResidualAdd) {
-          const uint16_t* res_row = p.residual + static_cast<size_t>(token) * n_out;
-          v0 += bf16_to_float(res_row[feature]);
-          v1 += bf16_to_float(res_row[feature + 8]);
-        }
-        out_row[feature] = bf16_from_float(v0);
-        out_row[feature + 8] = bf16_from_float(v1);
-      }
-    }
-  }
 }
 
 // The producer thread: for every K group of every work item, wait for a free stage, then copy
