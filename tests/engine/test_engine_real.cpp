@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "fireq/engine.h"
 #include "fireq/model.h"
@@ -124,6 +125,26 @@ TEST_F(RealModel, GreedyContinuationIsParis) {
 }
 
 #ifdef FIREQ_HAVE_TOKENIZER
+// The first window of the default perplexity slice (tokenizer + engine + NLL) against
+// transformers' mean NLL of the same window.
+TEST_F(RealModel, PerplexityWindowMatchesTransformers) {
+  if (!golden_->contains("perplexity")) GTEST_SKIP() << "golden file has no perplexity entry";
+  const auto& reference = (*golden_)["perplexity"];
+  const std::filesystem::path text_path = kSource / reference["text"].get<std::string>();
+  if (!std::filesystem::exists(text_path)) GTEST_SKIP() << text_path << " not present (run scripts/setup.sh)";
+  std::ifstream in(text_path, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto tokens = load_tokenizer(kModel)->encode(text, false);
+  ASSERT_EQ(tokens.size(), reference["tokens"].get<size_t>()) << text_path << " differs from the golden run's";
+  CpuEngine engine(*weights_);
+  const int seq_len = reference["seq_len"];
+  const auto result = evaluate_perplexity(engine, tokens, {.seq_len = seq_len, .max_windows = 1});
+  const double expected = reference["window_mean_nll"][0];
+  std::printf("  window 1 of %s: mean NLL %.6f, transformers %.6f\n", text_path.filename().c_str(),
+              result.mean_nll, expected);
+  EXPECT_NEAR(result.mean_nll, expected, 1e-4);
+}
+
 // Our tokenizer gives transformers' ids for every golden prompt, and the greedy token reads " Paris".
 TEST_F(RealModel, TokenizerAgreesWithGolden) {
   const auto tokenizer = load_tokenizer(kModel);
