@@ -189,7 +189,12 @@ void expect_matches_cpu(bool llama3_like) {
     gpu_decode.insert(gpu_decode.end(), g.begin(), g.end());
     cpu_decode.insert(cpu_decode.end(), c.begin(), c.end());
   }
-  EXPECT_EQ(gpu.position(), 340);
+  // Two tokens at once: the decode-sized attention blocks with two queries per block.
+  const std::vector<int32_t> pair = random_tokens(2, config.vocab_size, 7);
+  const std::vector<float> g = gpu.forward(pair, LogitsFor::kAll), c = cpu.forward(pair, LogitsFor::kAll);
+  gpu_decode.insert(gpu_decode.end(), g.begin(), g.end());
+  cpu_decode.insert(cpu_decode.end(), c.begin(), c.end());
+  EXPECT_EQ(gpu.position(), 342);
   const Agreement decode = compare(gpu_decode, cpu_decode, config.vocab_size);
   for (const auto& [name, a] : {std::pair{"prefill", prefill}, std::pair{"decode", decode}}) {
     std::printf("[correctness] %s %s: %d rows, max |logit diff| %.4f (max |logit| %.2f), top-1 agreement %.1f%%\n",

@@ -1,10 +1,15 @@
 // Causal attention over the paged BF16 KV cache, FP32 arithmetic on CUDA cores: the BF16 path's
-// simple, exact-softmax kernel (online softmax over key tiles, as FlashAttention, without tensor
-// cores). One block per (work item, KV head, key split); its rows are the item's queries times the
-// query heads of that KV head's GQA group, so a K/V tile in shared memory serves all of them.
-// Warp w owns rows w, w + 8, ...; lane j scores key j of the tile and owns output channels
-// j, j + 32, ... Splits (decode, where items x heads cannot fill the GPU) are merged by a second
-// kernel from each split's (max, sum, unnormalized output).
+// exact-softmax kernel (online softmax over key tiles, as FlashAttention, without tensor cores).
+//
+// One block per (work item, KV head, key split). Its rows are the item's queries times the query
+// heads of that KV head's GQA group (kRows = 64 for prefill, 8 for decode steps), so a K/V tile in
+// shared memory serves all of them. Per tile of 32 keys, three phases separated by barriers:
+//   S = Q K^T  each thread a small register tile of S (Q and K transposed in shared memory, so a
+//              thread's operands are one or two vector loads per channel),
+//   softmax    warp w owns rows w, w + 8, ...: running max and sum, P written over S,
+//   O += P V   each thread a register tile of O (rows x channels), rescaled by the row's factor.
+// Splits (decode, where items x heads cannot fill the GPU) are merged by a second kernel from each
+// split's (max, sum, unnormalized output).
 #include <algorithm>
 #include <cmath>
 
@@ -17,10 +22,31 @@ namespace fireq::cuda_runtime {
 namespace {
 
 constexpr int kKeyTile = 32;
-constexpr int kWarps = 8;
-constexpr int kRowsPerWarp = kAttentionRows / kWarps;
-constexpr int kMaxChannelsPerLane = 4;  // head_dim <= 128
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
 constexpr int kMinKeysPerSplit = 64;
+constexpr int kDecodeRows = 8;
+
+template <int kRows, int kHeadDim>
+struct Tiling {
+  static_assert(kRows == kAttentionRows || kRows == kDecodeRows, "two row counts: prefill and decode");
+  static constexpr int kQkKeys = kRows == kAttentionRows ? 4 : 1;  // S tile of a thread
+  static constexpr int kKeyGroups = kKeyTile / kQkKeys;
+  static constexpr int kQkRows = kRows / (kThreads / kKeyGroups);
+  static constexpr int kPvRows = kRows == kAttentionRows ? 4 : 1;  // O tile of a thread
+  static constexpr int kPvChannels = kRows * kHeadDim / kThreads / kPvRows;
+  static constexpr int kChannelGroups = kHeadDim / kPvChannels;
+  static constexpr int kRowsPerWarp = kRows / kWarps;  // softmax
+  static constexpr int kVStride = kHeadDim + 4;        // keeps float4 rows 16-byte aligned, banks spread
+  static constexpr int kSStride = kKeyTile + 1;
+  // Shared memory, in floats: Q^T [d][rows], K^T [d][keys], V [keys][d + 4], S/P [rows][keys + 1],
+  // the rows' rescale factors, then their final max and sum.
+  static constexpr int kQ = kHeadDim * kRows, kK = kHeadDim * kKeyTile, kV = kKeyTile * kVStride;
+  static constexpr int kS = kRows * kSStride;
+  static constexpr size_t kSharedBytes = sizeof(float) * (size_t(kQ) + kK + kV + kS + 3 * kRows);
+  static_assert((kRows / kQkRows) * kKeyGroups == kThreads && (kRows / kPvRows) * kChannelGroups == kThreads,
+                "every thread owns one S tile and one O tile");
+};
 
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -31,12 +57,37 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-size_t shared_bytes(int d) { return sizeof(float) * (size_t(kAttentionRows) * d + kKeyTile * (d + 1) + kKeyTile * d); }
+// N consecutive floats from shared memory in one vector load where N allows.
+template <int N>
+__device__ __forceinline__ void load_floats(const float* p, float (&out)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(p + i);
+      out[i] = v.x, out[i + 1] = v.y, out[i + 2] = v.z, out[i + 3] = v.w;
+    }
+  } else if constexpr (N == 2) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    out[0] = v.x, out[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = p[i];
+  }
+}
 
-__global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a, StepMetadata step) {
-  extern __shared__ float shared[];
+template <int kRows, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a, StepMetadata step) {
+  using T = Tiling<kRows, kHeadDim>;
+  extern __shared__ float4 shared4[];
+  float* q_t = reinterpret_cast<float*>(shared4);
+  float* k_t = q_t + T::kQ;
+  float* v_s = k_t + T::kK;
+  float* s_s = v_s + T::kV;
+  float* correction_s = s_s + T::kS;
+  float* max_s = correction_s + kRows;
+  float* sum_s = max_s + kRows;
+
   const KvPool& pool = a.pool;
-  const int d = pool.head_dim, lanes_channels = d / 32;
   const int group = a.q_heads / pool.kv_heads;
   const int item = blockIdx.x, kv_head = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -46,32 +97,30 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
   const int key_begin = split * a.keys_per_split;
   const int key_end = min(key_begin + a.keys_per_split, step.positions[first + queries - 1] + 1);
 
-  float* q_s = shared;                              // [rows][d]
-  float* k_s = q_s + kAttentionRows * d;            // [key][d + 1]: lane-strided reads hit distinct banks
-  float* v_s = k_s + kKeyTile * (d + 1);            // [key][d]
-  for (int i = threadIdx.x; i < kAttentionRows * d; i += blockDim.x) {
-    const int r = i / d;
-    q_s[i] = r < rows ? a.q[((size_t(first) + r / group) * a.q_heads + kv_head * group + r % group) * d + i % d] : 0.0f;
+  for (int i = threadIdx.x; i < kRows * kHeadDim; i += kThreads) {  // rows fastest: conflict-free stores
+    const int r = i % kRows, c = i / kRows;
+    q_t[i] = r < rows ? a.q[((size_t(first) + r / group) * a.q_heads + kv_head * group + r % group) * kHeadDim + c]
+                      : 0.0f;
   }
-
-  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kMaxChannelsPerLane];
-  int row_position[kRowsPerWarp];
+  float m[T::kRowsPerWarp], l[T::kRowsPerWarp];
+  int row_position[T::kRowsPerWarp];
 #pragma unroll
-  for (int j = 0; j < kRowsPerWarp; ++j) {
+  for (int j = 0; j < T::kRowsPerWarp; ++j) {
     const int r = warp + kWarps * j;
     m[j] = -INFINITY;
     l[j] = 0.0f;
     row_position[j] = r < rows ? step.positions[first + r / group] : -1;
-#pragma unroll
-    for (int c = 0; c < kMaxChannelsPerLane; ++c) acc[j][c] = 0.0f;
   }
+  const int qk_row0 = threadIdx.x / T::kKeyGroups * T::kQkRows, qk_key0 = threadIdx.x % T::kKeyGroups * T::kQkKeys;
+  const int pv_row0 = threadIdx.x / T::kChannelGroups * T::kPvRows;
+  const int pv_channel0 = threadIdx.x % T::kChannelGroups * T::kPvChannels;
+  float acc[T::kPvRows][T::kPvChannels] = {};
 
-  const int vectors_per_key = d / 8;
   for (int tile = key_begin; tile < key_end; tile += kKeyTile) {
-    __syncthreads();  // q_s written / the previous tile consumed
-    for (int v = threadIdx.x; v < kKeyTile * vectors_per_key; v += blockDim.x) {
-      const int key = v / vectors_per_key, c8 = (v % vectors_per_key) * 8;
-      const int position = tile + key;
+    __syncthreads();  // Q loaded / the previous tile's P V done
+    // K^T and V of the tile; lanes take consecutive keys so the K^T stores hit distinct banks.
+    for (int u = threadIdx.x; u < kKeyTile * kHeadDim / 8; u += kThreads) {
+      const int key = u % kKeyTile, c8 = u / kKeyTile * 8, position = tile + key;
       uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
       if (position < key_end) {
         const int page = table[position / pool.page_size], slot = position % pool.page_size;
@@ -80,73 +129,105 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
       }
       const uint16_t* kh = reinterpret_cast<const uint16_t*>(&kw);
       const uint16_t* vh = reinterpret_cast<const uint16_t*>(&vw);
+      float v[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        k_s[key * (d + 1) + c8 + e] = bf16_to_float(kh[e]);
-        v_s[key * d + c8 + e] = bf16_to_float(vh[e]);
+        k_t[(c8 + e) * kKeyTile + key] = bf16_to_float(kh[e]);
+        v[e] = bf16_to_float(vh[e]);
       }
+      float4* v_row = reinterpret_cast<float4*>(v_s + key * T::kVStride + c8);
+      v_row[0] = make_float4(v[0], v[1], v[2], v[3]);
+      v_row[1] = make_float4(v[4], v[5], v[6], v[7]);
     }
     __syncthreads();
 
-    float s[kRowsPerWarp];
+    {  // S = Q K^T
+      float s[T::kQkRows][T::kQkKeys] = {};
+#pragma unroll 8
+      for (int c = 0; c < kHeadDim; ++c) {
+        float q[T::kQkRows], k[T::kQkKeys];
+        load_floats(q_t + c * kRows + qk_row0, q);
+        load_floats(k_t + c * kKeyTile + qk_key0, k);
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) s[j] = 0.0f;
-    for (int c = 0; c < d; ++c) {
-      const float k = k_s[lane * (d + 1) + c];
+        for (int i = 0; i < T::kQkRows; ++i)
 #pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) s[j] = fmaf(q_s[(warp + kWarps * j) * d + c], k, s[j]);
-    }
-    const int key_position = tile + lane;
-#pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
-      const bool visible = key_position < key_end && key_position <= row_position[j];
-      s[j] = visible ? s[j] * a.scale : -INFINITY;
-      const float m_new = fmaxf(m[j], warp_max(s[j]));
-      if (m_new == -INFINITY) {  // nothing visible yet (warp-uniform)
-        s[j] = 0.0f;
-        continue;
+          for (int j = 0; j < T::kQkKeys; ++j) s[i][j] = fmaf(q[i], k[j], s[i][j]);
       }
-      const float correction = expf(m[j] - m_new);
-      s[j] = visible ? expf(s[j] - m_new) : 0.0f;  // s becomes p
-      l[j] = l[j] * correction + warp_sum(s[j]);
-      m[j] = m_new;
 #pragma unroll
-      for (int c = 0; c < kMaxChannelsPerLane; ++c) acc[j][c] *= correction;
+      for (int i = 0; i < T::kQkRows; ++i)
+#pragma unroll
+        for (int j = 0; j < T::kQkKeys; ++j) s_s[(qk_row0 + i) * T::kSStride + qk_key0 + j] = s[i][j];
     }
+    __syncthreads();
+
+    const int key_position = tile + lane;  // softmax: lane = key
+#pragma unroll
+    for (int j = 0; j < T::kRowsPerWarp; ++j) {
+      const int r = warp + kWarps * j;
+      float* row = s_s + r * T::kSStride;
+      const bool visible = key_position < key_end && key_position <= row_position[j];
+      const float x = visible ? row[lane] * a.scale : -INFINITY;
+      const float m_new = fmaxf(m[j], warp_max(x));
+      float p = 0.0f, correction = 1.0f;
+      if (m_new != -INFINITY) {  // warp-uniform
+        correction = expf(m[j] - m_new);
+        p = visible ? expf(x - m_new) : 0.0f;
+        l[j] = l[j] * correction + warp_sum(p);
+        m[j] = m_new;
+      }
+      row[lane] = p;
+      if (lane == 0) correction_s[r] = correction;
+    }
+    __syncthreads();
+
+    // O = O * correction + P V
+#pragma unroll
+    for (int i = 0; i < T::kPvRows; ++i) {
+      const float correction = correction_s[pv_row0 + i];
+#pragma unroll
+      for (int c = 0; c < T::kPvChannels; ++c) acc[i][c] *= correction;
+    }
+#pragma unroll 4
     for (int key = 0; key < kKeyTile; ++key) {
-      float v[kMaxChannelsPerLane];
+      float v[T::kPvChannels];
+      load_floats(v_s + key * T::kVStride + pv_channel0, v);
 #pragma unroll
-      for (int c = 0; c < kMaxChannelsPerLane; ++c) v[c] = c < lanes_channels ? v_s[key * d + lane + 32 * c] : 0.0f;
+      for (int i = 0; i < T::kPvRows; ++i) {
+        const float p = s_s[(pv_row0 + i) * T::kSStride + key];
 #pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) {
-        const float p = __shfl_sync(0xffffffffu, s[j], key);
-#pragma unroll
-        for (int c = 0; c < kMaxChannelsPerLane; ++c) acc[j][c] = fmaf(p, v[c], acc[j][c]);
+        for (int c = 0; c < T::kPvChannels; ++c) acc[i][c] = fmaf(p, v[c], acc[i][c]);
       }
     }
   }
 
+  // The rows' max and sum live in the softmax warps; the outputs in the P V tiles.
+  if (lane == 0) {
 #pragma unroll
-  for (int j = 0; j < kRowsPerWarp; ++j) {
-    const int r = warp + kWarps * j;
+    for (int j = 0; j < T::kRowsPerWarp; ++j) {
+      max_s[warp + kWarps * j] = m[j];
+      sum_s[warp + kWarps * j] = l[j];
+    }
+  }
+  __syncthreads();
+  const size_t block = (size_t(item) * gridDim.y + kv_head) * a.splits + split;
+#pragma unroll
+  for (int i = 0; i < T::kPvRows; ++i) {
+    const int r = pv_row0 + i;
     if (r >= rows) continue;
     if (a.splits == 1) {
       const size_t token = size_t(first) + r / group;
-      uint16_t* out = a.out + (token * a.q_heads + kv_head * group + r % group) * d;
-      const float inv = 1.0f / l[j];
+      uint16_t* out = a.out + (token * a.q_heads + kv_head * group + r % group) * kHeadDim + pv_channel0;
+      const float inv = 1.0f / sum_s[r];
 #pragma unroll
-      for (int c = 0; c < kMaxChannelsPerLane; ++c)
-        if (c < lanes_channels) out[lane + 32 * c] = bf16_from_float(acc[j][c] * inv);
+      for (int c = 0; c < T::kPvChannels; ++c) out[c] = bf16_from_float(acc[i][c] * inv);
     } else {
-      const size_t block = (size_t(item) * gridDim.y + kv_head) * a.splits + split;
-      float* partial = a.workspace + (block * kAttentionRows + r) * d;
+      float* partial = a.workspace + (block * kAttentionRows + r) * kHeadDim + pv_channel0;
 #pragma unroll
-      for (int c = 0; c < kMaxChannelsPerLane; ++c)
-        if (c < lanes_channels) partial[lane + 32 * c] = acc[j][c];
-      if (lane == 0) {
-        float* ml = a.workspace + size_t(kMaxSplitBlocks) * kAttentionRows * d + (block * kAttentionRows + r) * 2;
-        ml[0] = m[j];
-        ml[1] = l[j];
+      for (int c = 0; c < T::kPvChannels; ++c) partial[c] = acc[i][c];
+      if (pv_channel0 == 0) {
+        float* ml = a.workspace + size_t(kMaxSplitBlocks) * kAttentionRows * kHeadDim + (block * kAttentionRows + r) * 2;
+        ml[0] = max_s[r];
+        ml[1] = sum_s[r];
       }
     }
   }
@@ -177,10 +258,28 @@ __global__ void merge_splits_kernel(AttentionArgs a, int kv_heads, int d) {
   }
 }
 
+template <int kRows, int kHeadDim>
+void launch(const AttentionArgs& args, const StepMetadata& step, cudaStream_t stream) {
+  using T = Tiling<kRows, kHeadDim>;
+  static bool attribute_set = false;  // one device per process
+  if (!attribute_set) {
+    FIREQ_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<kRows, kHeadDim>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSharedBytes)));
+    attribute_set = true;
+  }
+  const dim3 grid(args.items, args.pool.kv_heads, args.splits);
+  attention_kernel<kRows, kHeadDim><<<grid, kThreads, T::kSharedBytes, stream>>>(args, step);
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 size_t attention_workspace_floats(int max_split_blocks, int head_dim) {
   return size_t(max_split_blocks) * kAttentionRows * (head_dim + 2);
+}
+
+int attention_rows_per_block(int longest_chunk, int gqa_group) {
+  return longest_chunk * gqa_group <= kDecodeRows ? kDecodeRows : kAttentionRows;
 }
 
 void choose_attention_splits(AttentionArgs& args, int max_keys, int sm_count) {
@@ -198,23 +297,20 @@ void choose_attention_splits(AttentionArgs& args, int max_keys, int sm_count) {
 
 void paged_attention_bf16(const AttentionArgs& args, const StepMetadata& step, cudaStream_t stream) {
   const int d = args.pool.head_dim, kv_heads = args.pool.kv_heads;
-  if (d % 32 != 0 || d > 32 * kMaxChannelsPerLane)
-    fail("BF16 attention: head_dim ", d, " is not supported (a multiple of 32, at most 128)");
-  if (args.q_heads % kv_heads != 0 || args.queries_per_item * (args.q_heads / kv_heads) > kAttentionRows)
+  if (d != 64 && d != 128) fail("BF16 attention: head_dim ", d, " is not supported (64 or 128)");
+  if (args.q_heads % kv_heads != 0 || args.queries_per_item * (args.q_heads / kv_heads) > args.rows_per_block)
     fail("BF16 attention: ", args.queries_per_item, " queries x GQA group ", args.q_heads / kv_heads,
-         " exceed ", kAttentionRows, " rows per block");
+         " exceed ", args.rows_per_block, " rows per block");
   if (args.splits > 1 && (!args.workspace || size_t(args.items) * kv_heads * args.splits > size_t(kMaxSplitBlocks)))
     fail("BF16 attention: split-KV needs a workspace of ", kMaxSplitBlocks, " blocks");
-  const size_t smem = shared_bytes(d);
-  static bool attribute_set = false;  // one device per process
-  if (!attribute_set) {
-    FIREQ_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(shared_bytes(32 * kMaxChannelsPerLane))));
-    attribute_set = true;
+  const bool decode = args.rows_per_block == kDecodeRows;
+  if (!decode && args.rows_per_block != kAttentionRows)
+    fail("BF16 attention: rows_per_block must be ", kDecodeRows, " or ", kAttentionRows);
+  if (d == 64) {
+    decode ? launch<kDecodeRows, 64>(args, step, stream) : launch<kAttentionRows, 64>(args, step, stream);
+  } else {
+    decode ? launch<kDecodeRows, 128>(args, step, stream) : launch<kAttentionRows, 128>(args, step, stream);
   }
-  const dim3 grid(args.items, kv_heads, args.splits);
-  attention_kernel<<<grid, kWarps * 32, smem, stream>>>(args, step);
-  FIREQ_CUDA_CHECK_LAUNCH();
   if (args.splits > 1) {
     merge_splits_kernel<<<dim3(args.items, kv_heads), 256, 0, stream>>>(args, kv_heads, d);
     FIREQ_CUDA_CHECK_LAUNCH();

@@ -12,6 +12,8 @@ namespace fireq::cuda_runtime {
 namespace {
 
 constexpr int kThreads = 256;
+// One block per token: wide blocks keep many loads in flight for the few-token steps of decode.
+constexpr int kRowThreads = 1024;
 
 __device__ __forceinline__ uint16_t to_bf16(float x) { return bf16_from_float(x); }
 __device__ __forceinline__ float from_bf16(uint16_t x) { return bf16_to_float(x); }
@@ -28,15 +30,17 @@ __global__ void rms_norm_kernel(const float* x, const int32_t* rows, int width, 
   const int r = blockIdx.x;
   const float* row = x + size_t(rows ? rows[r] : r) * width;
   double sum_squares = 0;
+#pragma unroll 4
   for (int i = threadIdx.x; i < width; i += blockDim.x) sum_squares += double(row[i]) * row[i];
-  __shared__ double partial[kThreads / 32];
+  __shared__ double partial[kRowThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, offset);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum_squares;
   __syncthreads();
   double total = 0;
-  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+  for (int w = 0; w < kRowThreads / 32; ++w) total += partial[w];
   const float inv_rms = float(1.0 / sqrt(total / width + eps));
   uint16_t* y = out + size_t(r) * width;
+#pragma unroll 4
   for (int i = threadIdx.x; i < width; i += blockDim.x) y[i] = to_bf16(__fmul_rn(gamma[i], __fmul_rn(row[i], inv_rms)));
 }
 
@@ -54,6 +58,7 @@ __global__ void rope_cache_kernel(RopeCacheArgs args, StepMetadata step) {
   const int slot = position % pool.page_size;
   auto value = [&](int column) { return args.bias ? __fadd_rn(row[column], args.bias[column]) : row[column]; };
 
+#pragma unroll 2
   for (int pair = threadIdx.x; pair < (q_heads + kv_heads) * half; pair += blockDim.x) {
     const int head = pair / half, i = pair % half;  // heads q_heads.. are k heads
     const float a = value(head * d + i), b = value(head * d + i + half);
@@ -117,12 +122,12 @@ void embed_tokens(const uint16_t* table, const int32_t* ids, int tokens, int hid
 
 void rms_norm_to_bf16(const float* x, const int32_t* rows, int count, int width, const float* gamma,
                       double eps, uint16_t* out, cudaStream_t stream) {
-  rms_norm_kernel<<<count, kThreads, 0, stream>>>(x, rows, width, gamma, eps, out);
+  rms_norm_kernel<<<count, kRowThreads, 0, stream>>>(x, rows, width, gamma, eps, out);
   FIREQ_CUDA_CHECK_LAUNCH();
 }
 
 void rope_and_write_cache(const RopeCacheArgs& args, const StepMetadata& step, cudaStream_t stream) {
-  rope_cache_kernel<<<step.tokens, kThreads, 0, stream>>>(args, step);
+  rope_cache_kernel<<<step.tokens, kRowThreads, 0, stream>>>(args, step);
   FIREQ_CUDA_CHECK_LAUNCH();
 }
 

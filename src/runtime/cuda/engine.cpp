@@ -168,8 +168,8 @@ struct CudaEngine::Impl {
 
 CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : config(c), options(o) {
   if (cuda_device_count() == 0) fail("CUDA engine: no CUDA device is present");
-  if (c.head_dim % 32 != 0 || c.head_dim > 128)
-    fail("CUDA engine: head_dim ", c.head_dim, " is not supported by the BF16 attention (a multiple of 32, <= 128)");
+  if (c.head_dim != 64 && c.head_dim != 128)
+    fail("CUDA engine: head_dim ", c.head_dim, " is not supported by the BF16 attention (64 or 128)");
   if (c.num_attention_heads % c.num_key_value_heads != 0 || c.gqa_group() > kAttentionRows)
     fail("CUDA engine: GQA group ", c.num_attention_heads, "/", c.num_key_value_heads, " is not supported");
   max_context = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
@@ -402,7 +402,10 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
   // The previous step's copy must be done before its pinned source is overwritten.
   FIREQ_CUDA_CHECK(cudaEventSynchronize(metadata_copied));
   const int n = static_cast<int>(tokens), chunk_count = static_cast<int>(chunks.size());
-  const int queries_per_item = std::max(1, kAttentionRows / c.gqa_group());
+  int longest_chunk = 0;
+  for (const Chunk& chunk : chunks) longest_chunk = std::max(longest_chunk, static_cast<int>(chunk.tokens.size()));
+  const int rows_per_block = attention_rows_per_block(longest_chunk, c.gqa_group());
+  const int queries_per_item = std::max(1, rows_per_block / c.gqa_group());
   int stride = 0;
   for (const Chunk& chunk : chunks) stride = std::max(stride, static_cast<int>(sequences[chunk.sequence].pages.size()));
   int32_t* h = host_metadata;
@@ -451,7 +454,7 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
   AttentionArgs attention{.q = q, .out = attended, .pool = pool, .q_heads = c.num_attention_heads,
                           .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim))),
                           .item_first_token = device(item_first), .item_queries = device(item_queries),
-                          .items = items, .queries_per_item = queries_per_item,
+                          .items = items, .rows_per_block = rows_per_block, .queries_per_item = queries_per_item,
                           .workspace = attention_workspace};
   choose_attention_splits(attention, max_keys, sm_count);
 

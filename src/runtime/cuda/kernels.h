@@ -62,9 +62,11 @@ void rope_and_write_cache(const RopeCacheArgs& args, const StepMetadata& step, c
 // out[t][i] = bf16(silu(gate_up[t][i]) * gate_up[t][inter + i]).
 void swiglu_to_bf16(const float* gate_up, int tokens, int inter, uint16_t* out, cudaStream_t stream);
 
-// Causal attention of a step's queries over the paged cache. A work item is up to rows_per_item /
+// Causal attention of a step's queries over the paged cache. A work item is up to rows_per_block /
 // gqa_group consecutive queries of one chunk; each (item, kv head) is one block (times key splits).
-constexpr int kAttentionRows = 64;  // query rows (query x head of a GQA group) per block
+constexpr int kAttentionRows = 64;  // most query rows (query x head of a GQA group) per block
+// 8 rows per block when every chunk of the step fits (decode), else kAttentionRows.
+int attention_rows_per_block(int longest_chunk, int gqa_group);
 struct AttentionArgs {
   const float* q = nullptr;            // [tokens][q_heads][head_dim]
   uint16_t* out = nullptr;             // BF16 [tokens][q_heads][head_dim]
@@ -75,6 +77,7 @@ struct AttentionArgs {
   const int32_t* item_first_token = nullptr;  // [items] token index of the item's first query
   const int32_t* item_queries = nullptr;      // [items]
   int items = 0;
+  int rows_per_block = kAttentionRows;  // attention_rows_per_block(...)
   int queries_per_item = 0;
   int splits = 1;                      // key ranges per (item, head), merged by a second kernel
   int keys_per_split = 0;              // a multiple of the key tile
