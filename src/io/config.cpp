@@ -241,6 +241,12 @@ LlamaConfig llama_config_from_gguf(const GgufFile& gguf) {
   c.rms_norm_eps = gguf.get_float(p + "attention.layer_norm_rms_epsilon");
   c.rope_theta = gguf.get_float(p + "rope.freq_base", 10000.0);
   c.max_position_embeddings = static_cast<int>(gguf.get_int(p + "context_length", 0));
+  if (gguf.get_int(p + "expert_count", 0) > 0)
+    fail(source, ": mixture-of-experts models (", p, "expert_count ", gguf.get_int(p + "expert_count"),
+         ") are not supported");
+  if (const int64_t rotary = gguf.get_int(p + "rope.dimension_count", c.head_dim); rotary != c.head_dim)
+    fail(source, ": partial rotary embeddings (", p, "rope.dimension_count ", rotary, " of head_dim ",
+         c.head_dim, ") are not supported");
   const std::string scaling = gguf.get_string(p + "rope.scaling.type", "none");
   if (scaling != "none")
     fail(source, ": ", p, "rope.scaling.type '", scaling, "' is not supported");

@@ -241,6 +241,20 @@ TEST_F(GgufConfig, Llama31RopeFactorsBecomeLlama3Scaling) {
   EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
 }
 
+TEST_F(GgufConfig, RefusesMixtureOfExpertsAndPartialRotary) {
+  auto b = llama31(std::vector<float>(64, 1.0f));
+  b.add("llama.expert_count", fireq::testing::gguf_int(GgufType::UINT32, 8));
+  fireq::testing::write_bytes(path("moe.gguf"), b.build());
+  EXPECT_THAT(error_of([&] { llama_config_from_gguf(GgufFile(path("moe.gguf"))); }),
+              HasSubstr("mixture-of-experts models (llama.expert_count 8)"));
+
+  b = llama31(std::vector<float>(64, 1.0f));
+  b.add("llama.rope.dimension_count", fireq::testing::gguf_int(GgufType::UINT32, 64));
+  fireq::testing::write_bytes(path("partial.gguf"), b.build());
+  EXPECT_THAT(error_of([&] { llama_config_from_gguf(GgufFile(path("partial.gguf"))); }),
+              HasSubstr("partial rotary embeddings (llama.rope.dimension_count 64 of head_dim 128)"));
+}
+
 TEST_F(GgufConfig, AllOnesRopeFactorsMeanNoScaling) {
   fireq::testing::write_bytes(path("ones.gguf"), llama31(std::vector<float>(64, 1.0f)).build());
   EXPECT_FALSE(llama_config_from_gguf(GgufFile(path("ones.gguf"))).rope_scaling.enabled);
