@@ -184,7 +184,7 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : confi
   allocate_weights();
   const int64_t t = o.max_step_tokens, h = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
   const int64_t inter = c.intermediate_size;
-  activation_arena = std::make_unique<DeviceArena>(plan.activation_bytes);
+  activation_arena = std::make_unique<DeviceArena>(activation_arena_bytes(c, o, max_context));
   DeviceArena& a = *activation_arena;
   residual = a.take<float>(t * h, "residual");
   normed = a.take<uint16_t>(t * h, "normed");
@@ -199,7 +199,8 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : confi
   attention_workspace = a.take<float>(attention_workspace_floats(kMaxSplitBlocks, c.head_dim), "attention");
   metadata_capacity = metadata_ints(o, max_context);
   metadata = a.take<int32_t>(metadata_capacity, "metadata");
-  gemm = std::make_unique<Bf16Gemm>(kGemmWorkspaceBytes);
+  gemm = std::make_unique<Bf16Gemm>(kGemmWorkspaceBytes, std::max({c.vocab_size, 2 * c.intermediate_size,
+                                                                    c.q_dim() + 2 * c.kv_dim(), c.hidden_size}));
 
   rng_states = a.take<uint64_t>(o.max_sequences, "rng");
   row_options = a.take<RowSampling>(o.max_sequences, "row options");

@@ -3,6 +3,8 @@
 // operands). One plan (descriptors and the heuristic's first algorithm) per shape, kept.
 #include "gemm_bf16.h"
 
+#include <cmath>
+
 #include "fireq/cuda_check.h"
 #include "fireq/error.h"
 
@@ -16,9 +18,10 @@
 
 namespace fireq::cuda_runtime {
 
-Bf16Gemm::Bf16Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+Bf16Gemm::Bf16Gemm(size_t workspace_bytes, int max_out) : workspace_bytes_(workspace_bytes) {
   FIREQ_CUBLAS_CHECK(cublasLtCreate(&handle_));
   FIREQ_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  FIREQ_CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float) * kTunedTokens * max_out));
 }
 
 Bf16Gemm::~Bf16Gemm() {
@@ -29,10 +32,34 @@ Bf16Gemm::~Bf16Gemm() {
     cublasLtMatmulDescDestroy(p.desc);
   }
   cudaFree(workspace_);
+  cudaFree(scratch_);
   cublasLtDestroy(handle_);
 }
 
-const Bf16Gemm::Plan& Bf16Gemm::plan(int tokens, int out, int in) {
+// Median-free but warm: 2 launches, then the mean of 5. A candidate that fails to launch loses.
+float Bf16Gemm::time_algo(const Plan& p, const cublasLtMatmulAlgo_t& algo, const uint16_t* x, const uint16_t* w,
+                          cudaStream_t stream) {
+  const float alpha = 1.0f, beta = 0.0f;
+  cudaEvent_t start, stop;
+  FIREQ_CUDA_CHECK(cudaEventCreate(&start));
+  FIREQ_CUDA_CHECK(cudaEventCreate(&stop));
+  float ms = INFINITY;
+  bool launched = true;
+  for (int i = 0; i < 7 && launched; ++i) {
+    if (i == 2) FIREQ_CUDA_CHECK(cudaEventRecord(start, stream));
+    launched = cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, scratch_, p.c, scratch_, p.c, &algo,
+                              workspace_, workspace_bytes_, stream) == CUBLAS_STATUS_SUCCESS;
+  }
+  FIREQ_CUDA_CHECK(cudaEventRecord(stop, stream));
+  FIREQ_CUDA_CHECK(cudaEventSynchronize(stop));
+  if (launched) FIREQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
+const Bf16Gemm::Plan& Bf16Gemm::plan(const uint16_t* x, const uint16_t* w, int tokens, int out, int in,
+                                     cudaStream_t stream) {
   const auto key = std::make_tuple(tokens, out, in);
   if (auto it = plans_.find(key); it != plans_.end()) return it->second;
   Plan p;
@@ -48,21 +75,30 @@ const Bf16Gemm::Plan& Bf16Gemm::plan(int tokens, int out, int in) {
   FIREQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
   FIREQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int found = 0;
+  const int wanted = tokens <= kTunedTokens ? kCandidates : 1;
   const cublasStatus_t status =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, preference, 1, &result, &found);
+      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, preference, wanted, results, &found);
   cublasLtMatmulPreferenceDestroy(preference);
   if (status != CUBLAS_STATUS_SUCCESS || found == 0)
     fail("cuBLASLt has no BF16 GEMM for tokens ", tokens, " x out ", out, " x in ", in, " (status ",
          static_cast<int>(status), ")");
-  p.algo = result.algo;
+  p.algo = results[0].algo;
+  float best = INFINITY;
+  for (int i = 0; found > 1 && i < found; ++i) {
+    const float ms = time_algo(p, results[i].algo, x, w, stream);
+    if (ms < best) {
+      best = ms;
+      p.algo = results[i].algo;
+    }
+  }
   return plans_.emplace(key, p).first->second;
 }
 
 void Bf16Gemm::run(const uint16_t* x, const uint16_t* w, float* y, int tokens, int out, int in, bool accumulate,
                    cudaStream_t stream) {
-  const Plan& p = plan(tokens, out, in);
+  const Plan& p = plan(x, w, tokens, out, in, stream);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   FIREQ_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
                                     workspace_, workspace_bytes_, stream));

@@ -6,6 +6,7 @@
 
 #include "fireq/cuda_engine.h"
 #include "fireq/error.h"
+#include "gemm_bf16.h"
 #include "kernels.h"
 #include "plan_sizes.h"
 
@@ -39,15 +40,24 @@ int64_t sampling_bytes_estimate(const LlamaConfig& c, const CudaEngineOptions& o
   return int64_t{o.max_sequences} * c.vocab_size * 24 + (int64_t{1} << 20);
 }
 
-int64_t activation_bytes(const LlamaConfig& c, const CudaEngineOptions& o, int max_context) {
+int64_t activation_arena_bytes(const LlamaConfig& c, const CudaEngineOptions& o, int max_context) {
   const int64_t t = o.max_step_tokens, h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim();
   const int64_t inter = c.intermediate_size;
   const int64_t per_token = h * 4 + h * 2 + (q + 2 * kv) * 4 + q * 4 + q * 2 + 2 * inter * 4 + inter * 2;
   const int64_t logits = int64_t{o.max_logit_rows} * (c.vocab_size * 4 + h * 2);
   const int64_t rope = int64_t{max_context} * c.head_dim * 4;
   const int64_t attention = int64_t(attention_workspace_floats(kMaxSplitBlocks, c.head_dim)) * 4;
-  return t * per_token + logits + rope + attention + metadata_ints(o, max_context) * 4 +
-         sampling_bytes_estimate(c, o) + kGemmWorkspaceBytes;
+  const int64_t sampling_state = int64_t{o.max_sequences} * 64 + 4096;  // RNG states, row options, tokens
+  const int64_t alignment = 32 * 256;                                     // each buffer rounded up to 256 bytes
+  return t * per_token + logits + rope + attention + metadata_ints(o, max_context) * 4 + sampling_state + alignment;
+}
+
+int64_t activation_bytes(const LlamaConfig& c, const CudaEngineOptions& o, int max_context) {
+  const int64_t widest = std::max({int64_t{c.vocab_size}, 2 * int64_t{c.intermediate_size},
+                                   c.q_dim() + 2 * int64_t{c.kv_dim()}, int64_t{c.hidden_size}});
+  const int64_t gemm_tuning = int64_t{Bf16Gemm::kTunedTokens} * widest * 4;
+  return activation_arena_bytes(c, o, max_context) + sampling_bytes_estimate(c, o) + kGemmWorkspaceBytes +
+         gemm_tuning;
 }
 
 }  // namespace cuda_runtime
