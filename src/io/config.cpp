@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 #include <fstream>
 #include <sstream>
 
@@ -109,7 +110,7 @@ void parse_eos(const json& j, const std::string& source, LlamaConfig& config) {
 
 // The llama3 RoPE divisor of one frequency, as transformers computes it.
 double llama3_divisor(const RopeScalingLlama3& s, double frequency) {
-  const double wavelength = 2.0 * M_PI / frequency;
+  const double wavelength = 2.0 * std::numbers::pi / frequency;
   const double original = s.original_max_position_embeddings;
   if (wavelength < original / s.high_freq_factor) return 1.0;
   if (wavelength > original / s.low_freq_factor) return s.factor;
@@ -137,19 +138,21 @@ RopeScalingLlama3 llama3_scaling_from_rope_freqs(const GgufTensor& tensor, doubl
   for (size_t i = 0; i < divisors.size(); ++i) {
     if (divisors[i] <= 1.0 + kTolerance || divisors[i] >= s.factor - kTolerance) continue;
     const double smooth = (1.0 / divisors[i] - 1.0 / s.factor) / (1.0 - 1.0 / s.factor);
-    line.emplace_back(frequency(i) / (2.0 * M_PI), smooth);
+    line.emplace_back(frequency(i) / (2.0 * std::numbers::pi), smooth);
   }
   if (line.size() < 2)
     fail(where, ": too few transitional frequencies to recover the llama3 rope scaling parameters");
   const auto [x0, s0] = line.front();
   const auto [x1, s1] = line.back();
   const double slope = (s1 - s0) / (x1 - x0), intercept = s0 - slope * x0;
+  if (!(slope > 0) || !std::isfinite(slope))  // s grows with frequency in every llama3 table
+    fail(where, ": the transitional factors do not follow the llama3 rope scaling pattern");
   s.enabled = true;
   s.original_max_position_embeddings = 8192;
   s.low_freq_factor = -intercept * s.original_max_position_embeddings / slope;
   s.high_freq_factor = s.low_freq_factor + s.original_max_position_embeddings / slope;
   for (size_t i = 0; i < divisors.size(); ++i)
-    if (std::abs(llama3_divisor(s, frequency(i)) - divisors[i]) > 1e-3 * divisors[i])
+    if (!(std::abs(llama3_divisor(s, frequency(i)) - divisors[i]) <= 1e-3 * divisors[i]))
       fail(where, ": factor ", i, " = ", divisors[i], " does not follow the llama3 rope scaling pattern");
   return s;
 }

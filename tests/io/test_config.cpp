@@ -1,5 +1,7 @@
 // config.json parsing on configs shaped like the real ones (fields as published with the models).
+#include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "fireq/config.h"
 #include "fireq/gguf.h"
@@ -194,7 +196,7 @@ class GgufConfig : public fireq::testing::TempDirTest {
     std::vector<float> factors;
     const double factor = 8.0, low = 1.0, high = 4.0, original = 8192.0;
     for (int i = 0; i < head_dim; i += 2) {
-      const double wavelength = 2.0 * M_PI * std::pow(theta, static_cast<double>(i) / head_dim);
+      const double wavelength = 2.0 * std::numbers::pi * std::pow(theta, static_cast<double>(i) / head_dim);
       if (wavelength < original / high) factors.push_back(1.0f);
       else if (wavelength > original / low) factors.push_back(static_cast<float>(factor));
       else {
@@ -267,6 +269,12 @@ TEST_F(GgufConfig, RefusesRopeFactorsOfAnotherShape) {
   const std::string message = error_of([&] { llama_config_from_gguf(GgufFile(path("odd.gguf"))); });
   EXPECT_THAT(message, HasSubstr("odd.gguf: tensor 'rope_freqs.weight': factor "));
   EXPECT_THAT(message, HasSubstr("does not follow the llama3"));
+
+  std::vector<float> reversed = converter_rope_factors(500000.0, 128);
+  std::reverse(reversed.begin() + 25, reversed.begin() + 40);  // transitional values in the wrong order
+  fireq::testing::write_bytes(path("reversed.gguf"), llama31(reversed).build());
+  EXPECT_THAT(error_of([&] { llama_config_from_gguf(GgufFile(path("reversed.gguf"))); }),
+              HasSubstr("do not follow the llama3"));
 
   std::vector<float> ramp(64);
   for (size_t i = 0; i < ramp.size(); ++i) ramp[i] = i < 63 ? 1.0f : 8.0f;
