@@ -17,8 +17,11 @@ each assigns to a varied corpus (the C++ tests encode the same strings and must 
                 normalization, dummy prefix, digits split), trained on the same text; reference
                 ids from the `sentencepiece` package. Its pieces are also written as the
                 tokenizer metadata of a GGUF file (tokenizer.gguf), as llama.cpp stores Llama-2's.
-The C++ test loads every path listed under "paths" (relative to OUT_DIR, or absolute: the real
-SmolLM2 GGUF) and compares each with the same reference ids.
+                Also converted to two tokenizer.json files as Hugging Face converts Llama-2's
+                (legacy Prepend/Replace normalizers; newer Metaspace pre-tokenizer), whose
+                reference ids come from `tokenizers`.
+The C++ test loads every path listed under "loads" (relative to OUT_DIR, or absolute: the real
+SmolLM2 GGUF) and compares it with the reference ids that load names.
 """
 import argparse
 import bz2
@@ -319,6 +322,87 @@ def corpus_files(wiki_chars):
     return [("lee_background.cor", lee), (f"enwiki[:{len(wiki)}]", wiki)]
 
 
+class SentencePieceReference:
+    """sentencepiece's processor with the interface of a `tokenizers` Tokenizer."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def encode_ids(self, text):
+        return self.processor.encode(text)
+
+    def decode(self, ids):
+        return self.processor.decode(ids)
+
+
+class TokenizersReference:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode_ids(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def save_tokenizer(tok, path):
+    tok.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return tok
+
+
+def spm_loads(out_dir, processor):
+    """The .model and its GGUF against sentencepiece; two tokenizer.json conversions (legacy
+    Prepend/Replace normalizers, and the newer Metaspace pre-tokenizer) against tokenizers."""
+    from tokenizers import normalizers
+    model_path = os.path.join(out_dir, "tokenizer.model")
+    legacy = spm_as_tokenizers(model_path)
+    metaspace = spm_as_tokenizers(model_path)
+    metaspace.normalizer = normalizers.Sequence([])
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
+                                                       split=False)
+    metaspace.decoder = decoders.Sequence([
+        decoders.ByteFallback(),
+        decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)])
+    for tok in (legacy, metaspace):
+        tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    save_tokenizer(legacy, os.path.join(out_dir, "tokenizer_hf_legacy.json"))
+    save_tokenizer(metaspace, os.path.join(out_dir, "tokenizer_hf_metaspace.json"))
+    special = {"bos_id": processor.bos_id(), "eos_id": processor.eos_id(), "add_bos": True}
+    sp = SentencePieceReference(processor)
+    return [
+        dict(path="spm/tokenizer.model", ids="ids", reference=sp, **special),
+        dict(path="spm/tokenizer.gguf", ids="ids", reference=sp, **special),
+        dict(path="spm/tokenizer_hf_legacy.json", ids="ids_hf_legacy",
+             reference=TokenizersReference(legacy), **special),
+        dict(path="spm/tokenizer_hf_metaspace.json", ids="ids_hf_metaspace",
+             reference=TokenizersReference(metaspace), **special),
+    ]
+
+
+def loads_for(name, out_dir):
+    """[{path, ids (the reference's key in each case), reference, bos_id, eos_id, add_bos}]"""
+    if name == "smollm2":
+        tok = build_smollm2(out_dir)
+        meta = read_gguf_metadata(GGUF_PATH)
+        special = {"bos_id": meta["tokenizer.ggml.bos_token_id"],
+                   "eos_id": meta["tokenizer.ggml.eos_token_id"],
+                   "add_bos": meta["tokenizer.ggml.add_bos_token"]}
+        ref = TokenizersReference(tok)
+        return [dict(path="smollm2", ids="ids", reference=ref, **special),
+                dict(path=GGUF_PATH, ids="ids", reference=ref, **special)]
+    if name == "llama3_style":
+        tok = build_llama3_style(out_dir)
+        bos_ids = tok.encode("Hi", add_special_tokens=True).ids
+        special = {"bos_id": tok.token_to_id(LLAMA3_SPECIAL[0]),
+                   "eos_id": tok.token_to_id(LLAMA3_SPECIAL[1]),
+                   "add_bos": bos_ids[0] == tok.token_to_id(LLAMA3_SPECIAL[0]),
+                   "bos_ids": bos_ids}
+        return [dict(path="llama3_style", ids="ids", reference=TokenizersReference(tok), **special)]
+    return spm_loads(out_dir, build_spm(out_dir))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
@@ -332,48 +416,25 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     start = time.time()
     texts = CORPUS + corpus_files(args.wiki_chars) + random_strings(args.random_strings, args.seed)
-    builders = {
-        "smollm2": (build_smollm2, ["smollm2", GGUF_PATH]),
-        "llama3_style": (build_llama3_style, ["llama3_style"]),
-        "spm": (build_spm, ["spm/tokenizer.model", "spm/tokenizer.gguf"]),
-    }
     result = {"tokenizers": []}
-    for name, (build, path) in builders.items():
+    for name in ["smollm2", "llama3_style", "spm"]:
         if args.only and name != args.only:
             continue
-        tok = build(os.path.join(args.out_dir, name))
-        if name == "spm":
-            converted = spm_as_tokenizers(os.path.join(args.out_dir, "spm", "tokenizer.model"))
+        loads = loads_for(name, os.path.join(args.out_dir, name))
+        references = {load["ids"]: load["reference"] for load in loads}
         cases = []
         for label, text in texts + SPECIAL_TEXT[name]:
-            if isinstance(tok, Tokenizer):
-                ids = tok.encode(text, add_special_tokens=False).ids
-                decoded = tok.decode(ids, skip_special_tokens=False)
-            else:
-                ids = tok.encode(text)
-                decoded = tok.decode(ids)
-            case = {"label": label, "text": text, "ids": ids}
-            if decoded != text:  # e.g. bytes the vocabulary lacks are dropped
-                case["decoded"] = decoded
-            if name == "spm":  # a second opinion; not required to agree everywhere
-                case["ids_tokenizers"] = converted.encode(text, add_special_tokens=False).ids
+            case = {"label": label, "text": text}
+            for key, reference in references.items():
+                ids = reference.encode_ids(text)
+                case[key] = ids
+                decoded = reference.decode(ids)
+                if decoded != text:  # e.g. bytes the vocabulary lacks are dropped
+                    case[key + "_decoded"] = decoded
             cases.append(case)
-        entry = {"name": name, "paths": path, "reference": type(tok).__module__.split(".")[0],
-                 "cases": cases}
-        if name == "smollm2":
-            meta = read_gguf_metadata(GGUF_PATH)
-            entry["bos_id"] = meta["tokenizer.ggml.bos_token_id"]
-            entry["eos_id"] = meta["tokenizer.ggml.eos_token_id"]
-            entry["add_bos"] = meta["tokenizer.ggml.add_bos_token"]
-        elif name == "llama3_style":
-            entry["bos_id"] = tok.token_to_id(LLAMA3_SPECIAL[0])
-            entry["eos_id"] = tok.token_to_id(LLAMA3_SPECIAL[1])
-            entry["bos_ids"] = tok.encode("Hi", add_special_tokens=True).ids
-            entry["add_bos"] = entry["bos_ids"][0] == entry["bos_id"]
-        else:
-            entry["bos_id"], entry["eos_id"] = tok.bos_id(), tok.eos_id()
-            entry["add_bos"] = True  # Llama-2's convention; sentencepiece leaves it to the caller
-        result["tokenizers"].append(entry)
+        for load in loads:
+            load["reference"] = type(load["reference"]).__name__.replace("Reference", "").lower()
+        result["tokenizers"].append({"name": name, "loads": loads, "cases": cases})
     tmp = os.path.join(args.out_dir, "cases.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False)

@@ -1,6 +1,7 @@
 // Text <-> token ids for the models FireQ runs: byte-level BPE as in Hugging Face tokenizer.json
-// (GPT-2, Llama-3, SmolLM2) and SentencePiece (Llama-2 .model files), loaded from a tokenizer.json,
-// a .model, a directory holding either, or the tokenizer metadata of a GGUF file.
+// (GPT-2, Llama-3, SmolLM2) and SentencePiece BPE (Llama-2: its .model file, or the
+// tokenizer.json emulation with byte fallback), loaded from a tokenizer.json, a .model, a
+// directory holding either, or the tokenizer metadata of a GGUF file.
 //
 // Ids are identical to what the Hugging Face `tokenizers` package (or `sentencepiece`) produces;
 // the tests compare them on a varied corpus.
@@ -42,7 +43,7 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
 };
 
-// Loads a tokenizer.json (byte-level BPE), a SentencePiece .model, a directory holding one of
+// Loads a tokenizer.json (BPE), a SentencePiece .model, a directory holding one of
 // them (tokenizer.model preferred; bos/eos of a tokenizer.json from the tokenizer_config.json
 // beside it when present), or a .gguf file's tokenizer metadata (tokenizer.ggml.model "gpt2" or
 // "llama"). Unsupported configurations are refused naming the file and field.

@@ -44,6 +44,62 @@ size_t whitespace_run_end(std::string_view text, size_t begin) {
   return begin;
 }
 
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t pos = 0;;) {
+    const size_t found = text.find(from, pos);
+    out.append(text.substr(pos, found - pos));
+    if (found == std::string_view::npos) return out;
+    out.append(to);
+    pos = found + from.size();
+  }
+}
+
+std::string normalize(const std::vector<NormalizeStep>& steps, std::string_view text) {
+  std::string out(text);
+  for (const NormalizeStep& step : steps) {
+    if (const auto* prepend = std::get_if<PrependStep>(&step)) {
+      if (!out.empty()) out.insert(0, prepend->prefix);
+    } else {
+      const auto& replace = std::get<ReplaceStep>(step);
+      out = replace_all(out, replace.from, replace.to);
+    }
+  }
+  return out;
+}
+
+std::string apply_metaspace(const MetaspaceStep& step, std::string_view piece, bool at_text_start) {
+  std::string out = replace_all(piece, " ", step.replacement);
+  const bool prepend = step.prepend == MetaspaceStep::Prepend::kAlways ||
+                       (step.prepend == MetaspaceStep::Prepend::kFirst && at_text_start);
+  if (prepend && !out.starts_with(step.replacement)) out.insert(0, step.replacement);
+  return out;
+}
+
+// Pieces that each start at an occurrence of `marker` (tokenizers' MergedWithNext split).
+void split_before(std::string_view marker, std::string_view text, std::vector<std::string_view>& out) {
+  size_t start = 0;
+  for (size_t found = text.find(marker, 1); found != std::string_view::npos;
+       found = text.find(marker, found + marker.size())) {
+    if (found > start) out.push_back(text.substr(start, found - start));
+    start = found;
+  }
+  if (start < text.size()) out.push_back(text.substr(start));
+}
+
+// The byte a "<0xAB>" byte-fallback symbol stands for.
+std::optional<char> byte_fallback_value(std::string_view symbol) {
+  if (symbol.size() != 6 || !symbol.starts_with("<0x") || symbol[5] != '>') return std::nullopt;
+  int value = 0;
+  for (const char c : symbol.substr(3, 2)) {
+    const int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (digit < 0) return std::nullopt;
+    value = value * 16 + digit;
+  }
+  return static_cast<char>(value);
+}
+
 class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(const BpeTokenizerSpec& spec);
@@ -63,14 +119,17 @@ class BpeTokenizer final : public Tokenizer {
     int32_t id;
   };
   std::optional<AddedTokenMatch> find_added_token(std::string_view text, size_t from) const;
-  void encode_plain_text(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_plain_text(std::string_view text, bool at_text_start, std::vector<int32_t>& out) const;
+  std::string symbol_text(const std::string& symbol) const;
   const std::string& piece(int32_t id) const;
 
   std::string source_;
   std::unique_ptr<BpeModel> model_;
   std::vector<AddedToken> added_tokens_;  // longest first, so the first match is the longest
   std::array<bool, 256> starts_added_token_{};  // first bytes of added tokens, to skip ahead
+  std::vector<NormalizeStep> normalizer_;
   std::vector<PreTokenizeStep> pre_tokenizer_;
+  SymbolDecoding decoding_;
   std::vector<std::string> pieces_;       // the bytes of each id
   std::vector<bool> defined_;             // ids the vocabulary or added tokens define
   int32_t bos_id_;
@@ -81,7 +140,9 @@ class BpeTokenizer final : public Tokenizer {
 BpeTokenizer::BpeTokenizer(const BpeTokenizerSpec& spec)
     : source_(spec.source),
       added_tokens_(spec.added_tokens),
+      normalizer_(spec.normalizer),
       pre_tokenizer_(spec.pre_tokenizer),
+      decoding_(spec.decoding),
       bos_id_(spec.bos_id),
       add_bos_(spec.add_bos && spec.bos_id >= 0),
       eos_id_(spec.eos_id) {
@@ -103,7 +164,7 @@ BpeTokenizer::BpeTokenizer(const BpeTokenizerSpec& spec)
     if (id < 0) fail(source_, ": vocabulary entry '", symbol, "' has negative id ", id);
     defined_[id] = true;
     if (!spec.options.byte_level) {
-      pieces_[id] = symbol;
+      pieces_[id] = symbol_text(symbol);
       model_vocab.emplace_back(symbol, id);
       continue;
     }
@@ -164,22 +225,33 @@ std::optional<BpeTokenizer::AddedTokenMatch> BpeTokenizer::find_added_token(std:
   return std::nullopt;
 }
 
-void BpeTokenizer::encode_plain_text(std::string_view text, std::vector<int32_t>& out) const {
+void BpeTokenizer::encode_plain_text(std::string_view text, bool at_text_start,
+                                     std::vector<int32_t>& out) const {
   if (text.empty()) return;
+  std::deque<std::string> owned;  // text that normalizers and pre-tokenizers rewrote
+  if (!normalizer_.empty()) text = owned.emplace_back(normalize(normalizer_, text));
   std::vector<std::string_view> pieces{text};
   std::vector<std::string_view> next;
-  std::deque<std::string> prefixed;  // owns pieces that ByteLevel(add_prefix_space) extended
   for (const PreTokenizeStep& step : pre_tokenizer_) {
     next.clear();
-    for (std::string_view piece : pieces) {
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      std::string_view piece = pieces[i];
       if (const auto* split = std::get_if<RegexSplitStep>(&step)) {
         split_by_regex(split->regex, piece, next);
       } else if (const auto* digits = std::get_if<DigitsStep>(&step)) {
         split_digits(piece, digits->individual_digits, next);
+      } else if (const auto* metaspace = std::get_if<MetaspaceStep>(&step)) {
+        const bool at_start = at_text_start && i == 0;
+        piece = owned.emplace_back(apply_metaspace(*metaspace, piece, at_start));
+        if (metaspace->split) {
+          split_before(metaspace->replacement, piece, next);
+        } else {
+          next.push_back(piece);
+        }
       } else {
         const auto& byte_level = std::get<ByteLevelStep>(step);
         if (byte_level.add_prefix_space && !piece.starts_with(' ')) {
-          std::string& with_space = prefixed.emplace_back(1, ' ');
+          std::string& with_space = owned.emplace_back(1, ' ');
           with_space.append(piece);
           piece = with_space;
         }
@@ -203,12 +275,21 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_bos) c
   while (pos < text.size()) {
     const std::optional<AddedTokenMatch> match = find_added_token(text, pos);
     const size_t plain_end = match ? match->begin : text.size();
-    encode_plain_text(text.substr(pos, plain_end - pos), ids);
+    encode_plain_text(text.substr(pos, plain_end - pos), pos == 0, ids);
     if (!match) break;
     ids.push_back(match->id);
     pos = match->end;
   }
   return ids;
+}
+
+// The text a model symbol stands for, for models that are not byte-level.
+std::string BpeTokenizer::symbol_text(const std::string& symbol) const {
+  if (decoding_.byte_fallback) {
+    if (const std::optional<char> byte = byte_fallback_value(symbol)) return std::string(1, *byte);
+  }
+  if (decoding_.space_marker.empty()) return symbol;
+  return replace_all(symbol, decoding_.space_marker, " ");
 }
 
 const std::string& BpeTokenizer::piece(int32_t id) const {
@@ -219,8 +300,17 @@ const std::string& BpeTokenizer::piece(int32_t id) const {
 }
 
 std::string BpeTokenizer::decode(std::span<const int32_t> ids) const {
+  using LeadingSpace = SymbolDecoding::LeadingSpace;
   std::string text;
-  for (const int32_t id : ids) text += piece(id);
+  bool may_strip = decoding_.leading_space != LeadingSpace::kKeep;  // one space, once
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string& p = piece(ids[i]);
+    const bool strip = may_strip && p.starts_with(' ');
+    text.append(p, strip ? 1 : 0);
+    if (strip || decoding_.leading_space == LeadingSpace::kStripFromFirstToken || !text.empty()) {
+      may_strip = false;
+    }
+  }
   return text;
 }
 

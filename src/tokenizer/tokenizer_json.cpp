@@ -1,4 +1,5 @@
-// Hugging Face tokenizer.json (byte-level BPE) -> BpeTokenizerSpec.
+// Hugging Face tokenizer.json -> BpeTokenizerSpec: byte-level BPE, or BPE over UTF-8 characters
+// with byte fallback as Llama-2's tokenizer.json emulates SentencePiece.
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -47,6 +48,16 @@ void parse_pre_tokenizer(const json& component, const std::string& source,
                                   flag(component, "use_regex", true)});
   } else if (type == "Digits") {
     steps.push_back(DigitsStep{flag(component, "individual_digits", false)});
+  } else if (type == "Metaspace") {
+    // Newer files say prepend_scheme; older ones add_prefix_space (and always split).
+    using Prepend = MetaspaceStep::Prepend;
+    Prepend prepend = flag(component, "add_prefix_space", true) ? Prepend::kAlways : Prepend::kNever;
+    const std::string scheme = component.value("prepend_scheme", "");
+    if (scheme == "first") prepend = Prepend::kFirst;
+    if (scheme == "never") prepend = Prepend::kNever;
+    if (scheme == "always") prepend = Prepend::kAlways;
+    steps.push_back(MetaspaceStep{component.at("replacement").get<std::string>(), prepend,
+                                  flag(component, "split", true)});
   } else if (type == "Split") {
     const json& pattern = component.at("pattern");
     if (!pattern.contains("Regex")) {
@@ -62,6 +73,69 @@ void parse_pre_tokenizer(const json& component, const std::string& source,
     steps.push_back(RegexSplitStep{*known});
   } else {
     fail(source, ": pre_tokenizer type '", type, "' is not supported");
+  }
+}
+
+// A Replace normalizer's or decoder's literal pattern ({"String": ...}; regexes are refused).
+std::string replace_pattern(const json& component, const std::string& source) {
+  const json& pattern = component.at("pattern");
+  if (!pattern.contains("String")) fail(source, ": Replace with a Regex pattern is not supported");
+  const std::string from = pattern.at("String").get<std::string>();
+  if (from.empty()) fail(source, ": Replace with an empty pattern");
+  return from;
+}
+
+void parse_normalizer(const json& component, const std::string& source,
+                      std::vector<NormalizeStep>& steps) {
+  const std::string type = type_of(component);
+  if (type.empty()) return;
+  if (type == "Sequence") {
+    for (const json& child : component.at("normalizers")) parse_normalizer(child, source, steps);
+  } else if (type == "Prepend") {
+    steps.push_back(PrependStep{component.at("prepend").get<std::string>()});
+  } else if (type == "Replace") {
+    steps.push_back(ReplaceStep{replace_pattern(component, source),
+                                component.at("content").get<std::string>()});
+  } else {
+    fail(source, ": normalizer type '", type, "' is not supported");
+  }
+}
+
+// The decoders SentencePiece emulations use: Metaspace, or Sequence[Replace(marker, " "),
+// ByteFallback, Fuse, Strip(" ", 1, 0)].
+void parse_symbol_decoder(const json& component, const std::string& source, SymbolDecoding& decoding) {
+  using LeadingSpace = SymbolDecoding::LeadingSpace;
+  const std::string type = type_of(component);
+  if (type == "Sequence") {
+    bool fused = false;
+    for (const json& child : component.at("decoders")) {
+      const std::string child_type = type_of(child);
+      if (child_type == "Fuse") {
+        fused = true;
+      } else if (child_type == "Strip") {
+        if (!fused || child.value("content", "") != " " || child.value("start", 0) > 1 ||
+            child.value("stop", 0) != 0) {
+          fail(source, ": decoder Strip is supported only after Fuse, as Strip(\" \", 1, 0)");
+        }
+        if (child.value("start", 0) == 1) decoding.leading_space = LeadingSpace::kStripFromText;
+      } else {
+        parse_symbol_decoder(child, source, decoding);
+      }
+    }
+  } else if (type == "Replace") {
+    if (component.at("content").get<std::string>() != " ") {
+      fail(source, ": decoder Replace must restore spaces (content \" \")");
+    }
+    decoding.space_marker = replace_pattern(component, source);
+  } else if (type == "ByteFallback") {
+    decoding.byte_fallback = true;
+  } else if (type == "Metaspace") {
+    decoding.space_marker = component.at("replacement").get<std::string>();
+    const bool prepends = component.value("prepend_scheme", "always") != "never" &&
+                          flag(component, "add_prefix_space", true);
+    if (prepends) decoding.leading_space = LeadingSpace::kStripFromFirstToken;
+  } else {
+    fail(source, ": decoder '", type, "' is not supported");
   }
 }
 
@@ -189,20 +263,21 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& path
   BpeTokenizerSpec spec;
   spec.source = source;
   try {
-    if (!type_of(root.value("normalizer", json())).empty()) {
-      fail(source, ": normalizer '", type_of(root["normalizer"]), "' is not supported");
-    }
+    parse_normalizer(root.value("normalizer", json()), source, spec.normalizer);
     parse_model(root.at("model"), source, spec);
     parse_added_tokens(root.value("added_tokens", json::array()), source, spec);
     parse_pre_tokenizer(root.value("pre_tokenizer", json()), source, spec.pre_tokenizer);
     spec.options.byte_level = !spec.pre_tokenizer.empty() &&
                               std::holds_alternative<ByteLevelStep>(spec.pre_tokenizer.back());
-    if (!spec.options.byte_level) {
-      fail(source, ": only byte-level BPE tokenizer.json files are supported (the pre_tokenizer "
-           "must end with ByteLevel); for a SentencePiece model load its tokenizer.model");
+    const json& decoder = root.value("decoder", json());
+    if (spec.options.byte_level) {
+      if (type_of(decoder) != "ByteLevel") {
+        fail(source, ": decoder '", type_of(decoder), "' does not undo the ByteLevel pre-tokenizer");
+      }
+      if (!spec.normalizer.empty()) fail(source, ": a normalizer before ByteLevel is not supported");
+    } else {
+      parse_symbol_decoder(decoder, source, spec.decoding);
     }
-    const std::string decoder = type_of(root.value("decoder", json()));
-    if (decoder != "ByteLevel") fail(source, ": decoder '", decoder, "' is not supported (ByteLevel)");
     resolve_special_tokens(root, config_path, spec);
   } catch (const json::exception& e) {
     fail(source, ": unexpected tokenizer.json structure: ", e.what());

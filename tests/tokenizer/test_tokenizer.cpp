@@ -204,9 +204,9 @@ TEST_F(TokenizerFiles, ErrorsNameTheFileAndProblem) {
   EXPECT_NE(load_error(dir_ / "missing.json").find("no such file"), std::string::npos);
   const auto bad_json = write("bad.json", "{\"model\": ");
   EXPECT_NE(load_error(bad_json).find("bad.json: not valid JSON"), std::string::npos);
-  const auto metaspace = write("meta.json", tiny_tokenizer_json(R"({"type": "Metaspace"})"));
-  EXPECT_NE(load_error(metaspace).find("pre_tokenizer type 'Metaspace' is not supported"),
-            std::string::npos) << load_error(metaspace);
+  const auto whitespace = write("ws.json", tiny_tokenizer_json(R"({"type": "Whitespace"})"));
+  EXPECT_NE(load_error(whitespace).find("pre_tokenizer type 'Whitespace' is not supported"),
+            std::string::npos) << load_error(whitespace);
   const auto regex = write("regex.json", tiny_tokenizer_json(
       R"({"type": "Split", "pattern": {"Regex": "\\w+"}, "behavior": "Isolated"})"));
   EXPECT_NE(load_error(regex).find("regex is not one we implement"), std::string::npos);
