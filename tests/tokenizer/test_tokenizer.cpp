@@ -173,6 +173,30 @@ TEST_F(TokenizerFiles, TinyTokenizerJson) {
   EXPECT_NO_THROW(tokenizer->encode("he\xFF\xC0llo", false));
 }
 
+// Llama-2's tokenizer.json style: spaces as U+2581, a prefix space, byte fallback for the rest.
+TEST_F(TokenizerFiles, TinySentencePieceStyleJson) {
+  const auto path = write("tokenizer.json", R"({"normalizer": null,
+    "added_tokens": [{"id": 7, "content": "<s>", "special": true}],
+    "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always",
+                      "split": true},
+    "decoder": {"type": "Sequence", "decoders": [
+      {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+      {"type": "ByteFallback"}, {"type": "Fuse"},
+      {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+    "model": {"type": "BPE", "unk_token": "<unk>", "byte_fallback": true, "fuse_unk": true,
+              "vocab": {"<unk>": 0, "<0x21>": 1, "\u2581": 2, "h": 3, "i": 4, "\u2581h": 5,
+                        "\u2581hi": 6, "<s>": 7},
+              "merges": ["\u2581 h", "\u2581h i"]}})");
+  const auto tokenizer = fireq::load_tokenizer(path);
+  // "hi hi!?" -> "\u2581hi", "\u2581hi!?": '!' by byte fallback, '?' unknown.
+  const std::vector<int32_t> ids = tokenizer->encode("hi hi!?", true);
+  EXPECT_EQ(ids, (std::vector<int32_t>{7, 6, 6, 1, 0}));
+  EXPECT_EQ(tokenizer->bos_id(), 7);  // found by name: no tokenizer_config.json, no post-processor
+  EXPECT_EQ(tokenizer->decode(std::vector<int32_t>{6, 6, 1}), "hi hi!");
+  EXPECT_EQ(tokenizer->token_to_piece(6), " hi");
+  EXPECT_EQ(tokenizer->token_to_piece(1), "!");
+}
+
 // The word cache is shared: concurrent encodes must give what a lone encode gives.
 TEST_F(TokenizerFiles, ConcurrentEncodesAgree) {
   const auto tokenizer = fireq::load_tokenizer(write("tokenizer.json", tiny_tokenizer_json(
