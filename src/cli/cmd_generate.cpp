@@ -4,12 +4,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
 #include <string>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "command.h"
 #include "fireq/engine.h"
 #include "fireq/error.h"
+#include "fireq/gguf.h"
 #include "fireq/model.h"
 #include "fireq/quant.h"
 #include "fireq/sampling.h"
@@ -29,6 +35,29 @@ double seconds_since(Clock::time_point start) {
 int32_t special_token(const Tokenizer& tokenizer, const std::string& text) {
   const std::vector<int32_t> ids = tokenizer.encode(text, false);
   return ids.size() == 1 && tokenizer.decode(ids) == text ? ids[0] : -1;
+}
+
+// The model's chat template (Jinja source): GGUF metadata, or tokenizer_config.json beside a
+// tokenizer.json. Empty when there is none.
+std::string chat_template(const std::filesystem::path& tokenizer_path) {
+  if (tokenizer_path.extension() == ".gguf")
+    return GgufFile(tokenizer_path).get_string("tokenizer.chat_template", "");
+  const std::filesystem::path config = tokenizer_path.parent_path() / "tokenizer_config.json";
+  if (!std::filesystem::is_regular_file(config)) return "";
+  std::ifstream in(config);
+  const auto json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return json.is_object() && json.contains("chat_template") && json["chat_template"].is_string()
+             ? json["chat_template"].get<std::string>()
+             : "";
+}
+
+// The system message a ChatML template inserts when the conversation has none (SmolLM2's
+// "You are a helpful AI assistant named SmolLM, ..."): a literal
+// '<|im_start|>system\n...<|im_end|>' in the template. Empty when there is none.
+std::string default_system_message(const std::string& jinja) {
+  static const std::regex literal(R"(<\|im_start\|>system(?:\\n|\n)([^'"{}]*?)<\|im_end\|>)");
+  std::smatch match;
+  return std::regex_search(jinja, match, literal) ? match[1].str() : "";
 }
 
 // One user turn and the assistant's header, in the chat format the tokenizer's special tokens
@@ -80,7 +109,7 @@ int run_generate(int argc, char** argv) {
              {"top-p", "sample within the smallest set of probability >= p", "1"},
              {"seed", "random seed for sampling", "0"},
              {"chat", "wrap the prompt in the model's chat format (ChatML or Llama 3)", "", true},
-             {"system", "system message for --chat", ""},
+             {"system", "system message for --chat (default: the chat template's own, if any)", ""},
              {"bos", "prepend the tokenizer's BOS token", "", true},
              {"threads", "BLAS threads (0 = all cores)", "0"},
              {"device", "cpu, or cuda (the CUDA engine's BF16 path)", "cpu"}});
@@ -111,8 +140,12 @@ int run_generate(int argc, char** argv) {
                model_path.c_str(), config.num_hidden_layers, config.hidden_size, config.vocab_size,
                model.weights().source_description.c_str(), seconds_since(load_start));
 
-  const std::string text = args.on("chat") ? chat_prompt(*tokenizer, args.get("system").value_or(""), prompt)
-                                           : prompt;
+  std::string text = prompt;
+  if (args.on("chat")) {
+    const auto system = args.get("system");
+    text = chat_prompt(*tokenizer, system ? *system : default_system_message(chat_template(model.tokenizer_path())),
+                       prompt);
+  }
   std::vector<int32_t> ids = tokenizer->encode(text, args.on("bos"));
   if (ids.empty()) fail("--prompt: the prompt encodes to no tokens");
   if (static_cast<long long>(ids.size()) + max_new > engine.max_context())
