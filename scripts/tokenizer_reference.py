@@ -42,6 +42,7 @@ WIKI_PATH = os.path.join(ROOT, "data", "text", "enwiki-shortened.xml.bz2")
 
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
 LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                   "<|end_header_id|>", "<|eot_id|>"]
 
@@ -399,7 +400,16 @@ def loads_for(name, out_dir):
                    "eos_id": tok.token_to_id(LLAMA3_SPECIAL[1]),
                    "add_bos": bos_ids[0] == tok.token_to_id(LLAMA3_SPECIAL[0]),
                    "bos_ids": bos_ids}
-        return [dict(path="llama3_style", ids="ids", reference=TokenizersReference(tok), **special)]
+        # The same vocabulary split by Qwen2's regex (digits one by one instead of up to three).
+        qwen2 = json.loads(tok.to_str())
+        qwen2["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2_REGEX
+        qwen2_path = os.path.join(out_dir, "qwen2_regex.json")
+        with open(qwen2_path, "w", encoding="utf-8") as f:
+            json.dump(qwen2, f, ensure_ascii=False)
+        qwen2_tok = Tokenizer.from_file(qwen2_path)
+        return [dict(path="llama3_style", ids="ids", reference=TokenizersReference(tok), **special),
+                dict(path="llama3_style/qwen2_regex.json", ids="ids_qwen2",
+                     reference=TokenizersReference(qwen2_tok), **special)]
     return spm_loads(out_dir, build_spm(out_dir))
 
 

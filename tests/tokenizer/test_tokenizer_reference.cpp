@@ -30,8 +30,15 @@ struct Reference {
   json tokenizer;  // {"name", "path", "reference", "cases": [{"label", "text", "ids"}], ...}
 };
 
+// How many random strings the script adds to the fixed corpus: 300, or
+// FIREQ_TOKENIZER_RANDOM_STRINGS for a longer search.
+long random_strings() {
+  const char* env = std::getenv("FIREQ_TOKENIZER_RANDOM_STRINGS");
+  return env ? std::atol(env) : 300;
+}
+
 // Runs the reference script for one tokenizer; an empty optional means "skip" (no .venv).
-// `seed` picks the random strings the script adds to the fixed corpus.
+// `seed` picks the random strings.
 std::optional<Reference> make_reference(const std::string& name, long wiki_chars, unsigned seed) {
   const fs::path python = source_dir() / ".venv/bin/python";
   if (!fs::exists(python)) return std::nullopt;
@@ -42,6 +49,7 @@ std::optional<Reference> make_reference(const std::string& name, long wiki_chars
                               (source_dir() / "scripts/tokenizer_reference.py").string() + " " +
                               dir.string() + " --only " + name + " --wiki-chars " +
                               std::to_string(wiki_chars) + " --seed " + std::to_string(seed) +
+                              " --random-strings " + std::to_string(random_strings()) +
                               " > " + (dir / "log.txt").string() +
                               " 2>&1";
   if (std::system(command.c_str()) != 0) {
