@@ -83,8 +83,8 @@ __global__ void rope_cache_kernel(RopeCacheArgs args, StepMetadata step) {
 }
 
 __global__ void swiglu_kernel(const float* gate_up, int inter, uint16_t* out) {
-  const int token = blockIdx.y;
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int token = blockIdx.x;  // x: up to 2^31 - 1 tokens (y would stop at 65535)
+  const int i = blockIdx.y * blockDim.x + threadIdx.x;
   if (i >= inter) return;
   const float* row = gate_up + size_t(token) * 2 * inter;
   const float g = row[i];
@@ -132,7 +132,7 @@ void rope_and_write_cache(const RopeCacheArgs& args, const StepMetadata& step, c
 }
 
 void swiglu_to_bf16(const float* gate_up, int tokens, int inter, uint16_t* out, cudaStream_t stream) {
-  const dim3 grid((inter + kThreads - 1) / kThreads, tokens);
+  const dim3 grid(tokens, (inter + kThreads - 1) / kThreads);
   swiglu_kernel<<<grid, kThreads, 0, stream>>>(gate_up, inter, out);
   FIREQ_CUDA_CHECK_LAUNCH();
 }
