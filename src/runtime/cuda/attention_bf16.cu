@@ -24,7 +24,10 @@ namespace {
 constexpr int kKeyTile = 32;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMinKeysPerSplit = 64;
+constexpr int kMinKeysPerSplit = 128;
+// Blocks wanted in flight: a block walks its keys one tile at a time without prefetching, so the
+// GPU needs many of them to cover the memory latency (decode is latency-bound, not FLOP-bound).
+constexpr int kTargetBlocksPerSm = 8;
 constexpr int kDecodeRows = 8;
 
 template <int kRows, int kHeadDim>
@@ -286,8 +289,9 @@ void choose_attention_splits(AttentionArgs& args, int max_keys, int sm_count) {
   const int blocks = args.items * args.pool.kv_heads;
   args.splits = 1;
   args.keys_per_split = max_keys;
-  if (blocks >= sm_count) return;
-  int splits = std::min((2 * sm_count + blocks - 1) / blocks, (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  const int target = kTargetBlocksPerSm * sm_count;
+  if (blocks >= target) return;
+  int splits = std::min((target + blocks - 1) / blocks, (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
   splits = std::max(1, std::min(splits, kMaxSplitBlocks / blocks));
   if (splits == 1) return;
   args.keys_per_split = (max_keys + splits - 1) / splits;
