@@ -1,14 +1,20 @@
 """Merges `fireq bench` rows with the Hugging Face peers measured in the same device run into
 bench/results/e2e-<device>-<date>.json (schema: ../shared/BENCH_RESULTS.md) and a markdown table.
 
-usage: merge_results.py OURS.json PEERS.json COMMIT COMMAND OUT_PREFIX
+usage: merge_results.py OURS.json[,MORE.json] PEERS.json COMMIT COMMAND OUT_PREFIX [NOTE]
+(several `fireq bench` outputs, e.g. two shapes, are concatenated; NOTE goes under the table title)
 """
 import datetime
 import json
 import sys
 
-ours_path, peers_path, commit, command, out_prefix = sys.argv[1:6]
-ours = json.load(open(ours_path))
+ours_paths, peers_path, commit, command, out_prefix = sys.argv[1:6]
+note = sys.argv[6] if len(sys.argv) > 6 else ""
+ours = {"rows": []}
+for path in ours_paths.split(","):
+    part = json.load(open(path))
+    ours["device"] = part["device"]
+    ours["rows"] += part["rows"]
 try:
     peers = json.load(open(peers_path))
     peer_rows, peer_error = peers.get("rows", {}), "; ".join(peers.get("errors", [])) or None
@@ -25,7 +31,9 @@ rows = []
 for row in ours["rows"]:
     case = row["case"]
     eager = compiled = None
-    if case == "ttft" and row["batch"] == 1:
+    if row["shape"] != "llama3-8b":  # the peer script runs Llama-3-8B only
+        pass
+    elif case == "ttft" and row["batch"] == 1:
         eager = peer(f"ttft_ms_bs1_S{row['prompt']}", lambda ms: ms * 1e3)
     elif case == "prefill" and row["batch"] == 16 and row["prompt"] == 1024:
         eager = peer("prefill_tok_s_bs16_S1024", lambda tok_s: 16 * 1024 / tok_s * 1e6)
@@ -43,7 +51,7 @@ for row in ours["rows"]:
 
 device = ours["device"]
 date = datetime.date.today().isoformat()
-result = {"area": "e2e", "device": device, "date": date, "commit": commit, "command": command, "rows": rows,
+result = {"area": "e2e", "device": device, "date": date, "commit": commit, "command": command, "note": note, "rows": rows,
           "peers_meta": {k: peers.get(k) for k in ("torch", "transformers", "device")}}
 json.dump(result, open(out_prefix + ".json", "w"), indent=1)
 
@@ -53,9 +61,9 @@ def fmt(x, digits=1):
 
 
 lines = [f"# End-to-end, {device}, {date} (commit {commit[:10]})", "",
-         f"`{command}`", "",
+         f"`{command}`", ""] + ([note, ""] if note else []) + [
          "Ours = the CUDA engine's BF16 path (cuBLASLt BF16 linears, paged BF16 KV, FP32 CUDA-core attention), "
-         "random weights of the shapes on the GPU; peers = Hugging Face transformers BF16 in the same run "
+         "random weights of the shapes on the GPU; peers = Hugging Face transformers BF16, Llama-3-8B "
          "(bench/e2e/torch_e2e_peers.py).", "",
          "| case | shape | batch | tokens | ours | HF eager (SDPA) | HF static + compile | ours vs best HF |",
          "|---|---|---|---|---|---|---|---|"]
@@ -84,7 +92,9 @@ for row in rows:
 for row in rows:
     if "profile" in row:
         total = sum(p["ms"] for p in row["profile"])
-        lines += ["", f"Profile of one {row['case']} step, batch {row['batch']} ({total:.3f} ms GPU time):", "",
+        what = f"prompt {row['prompt']}" if "prompt" in row else f"context {row['context']}"
+        lines += ["", f"Profile of one {row['case']} step, {row['shape']}, batch {row['batch']}, {what} "
+                  f"({total:.3f} ms GPU time, CUDA events between ops):", "",
                   "| op | ms | share |", "|---|---|---|"]
         lines += [f"| {p['op']} | {p['ms']:.3f} | {100 * p['share']:.1f}% |" for p in row["profile"]]
 open(out_prefix + ".md", "w").write("\n".join(lines) + "\n")
