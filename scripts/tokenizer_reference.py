@@ -32,7 +32,8 @@ import sys
 import time
 
 import sentencepiece as spm
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors,
+                        trainers)
 from tokenizers.processors import TemplateProcessing
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -192,8 +193,10 @@ def build_llama3_style(out_dir):
                             AddedToken("<|rstrip|>", rstrip=True, normalized=False),
                             AddedToken("<|strip|>", lstrip=True, rstrip=True, normalized=False)])
     bos = tok.token_to_id(LLAMA3_SPECIAL[0])
-    tok.post_processor = TemplateProcessing(single=f"{LLAMA3_SPECIAL[0]} $A",
-                                            special_tokens=[(LLAMA3_SPECIAL[0], bos)])
+    tok.post_processor = processors.Sequence([  # as Llama-3's tokenizer.json has it
+        processors.ByteLevel(trim_offsets=False),
+        TemplateProcessing(single=f"{LLAMA3_SPECIAL[0]} $A",
+                           special_tokens=[(LLAMA3_SPECIAL[0], bos)])])
     os.makedirs(out_dir, exist_ok=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     return tok

@@ -196,9 +196,15 @@ void parse_added_tokens(const json& added, const std::string& source, BpeTokeniz
   }
 }
 
-// Special-token ids that a TemplateProcessing post-processor puts in front of a single sequence:
-// the first is the BOS token.
+// The special token a TemplateProcessing post-processor puts in front of a single sequence
+// (Llama-3 nests it in a Sequence after ByteLevel): the BOS token, or -1.
 int32_t bos_from_post_processor(const json& post) {
+  if (type_of(post) == "Sequence") {
+    for (const json& child : post.at("processors")) {
+      if (const int32_t id = bos_from_post_processor(child); id >= 0) return id;
+    }
+    return -1;
+  }
   if (type_of(post) != "TemplateProcessing") return -1;
   const json& single = post.at("single");
   if (single.empty() || !single[0].contains("SpecialToken")) return -1;
