@@ -227,22 +227,43 @@ std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaS
   return buf;
 }
 
-// Causal prefill of S new tokens per sequence (no prefix), through the prefill kernel.
-std::string prefill_row(int batch, int seq, cudaStream_t stream) {
+enum class PrefillKernel { fa2_mma_f16, fp8_wgmma_serial, fp8_wgmma_three_stage };
+
+const char* prefill_variant(PrefillKernel k) {
+  switch (k) {
+    case PrefillKernel::fa2_mma_f16: return "ours:prefill_fa2_mma_f16_int4";
+    case PrefillKernel::fp8_wgmma_serial: return "ours:prefill_fa3_wgmma_fp8_int4_serial";
+    case PrefillKernel::fp8_wgmma_three_stage: return "ours:prefill_fa3_wgmma_fp8_int4_three_stage";
+  }
+  return "";
+}
+
+void run_prefill(PrefillKernel k, const fa::PagedAttentionArgs& a, cudaStream_t stream) {
+  if (k == PrefillKernel::fa2_mma_f16) {
+    fa::paged_attention_prefill(a, stream);
+  } else {
+    fa::paged_attention_prefill_fp8(a, stream,
+                                    k == PrefillKernel::fp8_wgmma_serial ? fa::PrefillPipeline::serial
+                                                                         : fa::PrefillPipeline::three_stage);
+  }
+}
+
+// Causal prefill of S new tokens per sequence (no prefix), page 64.
+std::string prefill_row(int batch, int seq, PrefillKernel kernel, cudaStream_t stream) {
   PagedBench bench(batch, seq, seq, 64, 1, stream);
   const int calls = seq <= 2048 ? 10 : 1;  // short ones would otherwise time the graph launch
   const double us = graph_median_us(
       [&] {
-        for (int i = 0; i < calls; ++i) fa::paged_attention_prefill(bench.args(batch, seq, seq, 0), stream);
+        for (int i = 0; i < calls; ++i) run_prefill(kernel, bench.args(batch, seq, seq, 0), stream);
       },
       calls, stream);
   const double flops = 2.0 * 2.0 * batch * kQHeads * double(seq) * seq * kHeadDim / 2;  // causal
-  std::printf("prefill B=%2d S=%6d: %10.1f us  %6.1f TFLOP/s\n", batch, seq, us, flops / us / 1e6);
+  std::printf("prefill B=%2d S=%6d %-46s: %10.1f us  %6.1f TFLOP/s\n", batch, seq, prefill_variant(kernel), us,
+              flops / us / 1e6);
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "{\"case\": \"prefill\", \"B\": %d, \"S\": %d, \"variant\": \"ours:prefill_fa2_mma_f16_int4\", "
-                "\"us\": %.3f, \"tflops\": %.2f}",
-                batch, seq, us, flops / us / 1e6);
+                "{\"case\": \"prefill\", \"B\": %d, \"S\": %d, \"variant\": \"%s\", \"us\": %.3f, \"tflops\": %.2f}",
+                batch, seq, prefill_variant(kernel), us, flops / us / 1e6);
   return buf;
 }
 
@@ -300,24 +321,54 @@ std::string quantize_row(int tokens, bool decode, double hbm_gbps, cudaStream_t 
   return buf;
 }
 
+// All prefill shapes (S 512..16k, batch 1 and 16) for every prefill kernel, into a JSON of rows.
+void prefill_suite(const char* path, cudaStream_t stream) {
+  cudaDeviceProp prop;
+  FIREQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::vector<std::string> rows;
+  for (const int batch : {1, 16})
+    for (const int seq : {512, 1024, 2048, 4096, 8192, 16384})
+      for (const PrefillKernel k :
+           {PrefillKernel::fp8_wgmma_three_stage, PrefillKernel::fp8_wgmma_serial, PrefillKernel::fa2_mma_f16})
+        rows.push_back(prefill_row(batch, seq, k, stream));
+  std::ofstream out(path);
+  out << "{\"device\": \"" << prop.name << "\", \"rows\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) out << "  " << rows[i] << (i + 1 < rows.size() ? ",\n" : "\n");
+  out << "]}\n";
+  if (!out) fireq::fail("bench_attention: could not write ", path);
+}
+
+PrefillKernel prefill_kernel_named(const std::string& name) {
+  if (name == "fa2") return PrefillKernel::fa2_mma_f16;
+  if (name == "serial") return PrefillKernel::fp8_wgmma_serial;
+  if (name == "three_stage") return PrefillKernel::fp8_wgmma_three_stage;
+  fireq::fail("bench_attention: prefill kernel '", name, "' is not fa2, serial or three_stage");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string mode = argc == 4 ? argv[1] : "";
-  const bool one_case = mode == "--decode" || mode == "--prefill";
-  if (argc != 2 && !one_case) {
-    std::fprintf(stderr, "usage: %s <out.json> | --decode <batch> <context> | --prefill <batch> <seq>  (one case, for a profiler)\n",
+  const std::string mode = argc >= 3 ? argv[1] : "";
+  const bool one_case = (mode == "--decode" && argc == 4) || (mode == "--prefill" && (argc == 4 || argc == 5));
+  if (argc != 2 && !one_case && !(mode == "--prefill-suite" && argc == 3)) {
+    std::fprintf(stderr,
+                 "usage: %s <out.json> | --prefill-suite <out.json> | --decode <batch> <context> | "
+                 "--prefill <batch> <seq> [fa2|serial|three_stage]  (one case, for a profiler)\n",
                  argv[0]);
     return 2;
   }
   try {
     cudaStream_t stream;
     FIREQ_CUDA_CHECK(cudaStreamCreate(&stream));
+    if (mode == "--prefill-suite") {
+      prefill_suite(argv[2], stream);
+      return 0;
+    }
     if (one_case) {
       if (mode == "--decode") {
         decode_row(std::stoi(argv[2]), std::stoi(argv[3]), 64, 1.0, stream);
       } else {
-        prefill_row(std::stoi(argv[2]), std::stoi(argv[3]), stream);
+        prefill_row(std::stoi(argv[2]), std::stoi(argv[3]), prefill_kernel_named(argc == 5 ? argv[4] : "fa2"), stream);
       }
       return 0;
     }
@@ -338,7 +389,8 @@ int main(int argc, char** argv) {
     for (const int tokens : {1, 16, 64}) rows.push_back(quantize_row(tokens, true, hbm, stream));
     for (const int tokens : {4096, 16384}) rows.push_back(quantize_row(tokens, false, hbm, stream));
     for (const int batch : {1, 16})
-      for (const int seq : {512, 1024, 2048, 4096, 8192, 16384}) rows.push_back(prefill_row(batch, seq, stream));
+      for (const int seq : {512, 1024, 2048, 4096, 8192, 16384})
+        rows.push_back(prefill_row(batch, seq, PrefillKernel::fa2_mma_f16, stream));
     FIREQ_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::ofstream out(argv[1]);
     out << "{\"device\": \"" << prop.name << "\", \"hbm_read_gbps\": " << bw.read_gbps

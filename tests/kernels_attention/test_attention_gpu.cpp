@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 
@@ -135,13 +136,54 @@ struct AttentionCase {
   std::vector<int> seq_lens, q_lens;
 };
 
-enum class Kernel { splitkv, prefill };
+enum class Kernel { splitkv, prefill, prefill_fp8_serial, prefill_fp8_three_stage };
+
+const char* kernel_name(Kernel k) {
+  switch (k) {
+    case Kernel::splitkv: return " split-KV";
+    case Kernel::prefill: return " prefill";
+    case Kernel::prefill_fp8_serial: return " prefill FP8 wgmma serial";
+    case Kernel::prefill_fp8_three_stage: return " prefill FP8 wgmma three-stage";
+  }
+  return "";
+}
+
+bool fp8_prefill(Kernel k) { return k == Kernel::prefill_fp8_serial || k == Kernel::prefill_fp8_three_stage; }
+
+// The FP8 wgmma prefill against paged_attention_reference(PRounding::fp8_tile) and against FP64
+// attention on the same dequantized inputs. Besides summation order and exp2f, kernel and reference
+// round P to e4m3 at different points: the kernel scales P~ by its running max, the reference by the
+// row's global max, so a weight can land on the other side of an e4m3 rounding boundary (3 mantissa
+// bits: up to 2^-4 relative per weight). Bounds: relative L2 <= 3e-2 against the reference (measured
+// 0 to 1.9e-2 on H100), <= 5e-2 against FP64 (measured 1.5e-3 to 3.6e-2; the reference's own bound
+// is 4e-2, a single query over a long prefix comes closest); every output written and finite.
+void check_fp8_prefill(HostProblem& host, const std::vector<uint16_t>& got) {
+  paged_attention_reference(host.attention_args(), PRounding::fp8_tile);
+  const ProblemSpec& spec = host.spec;
+  const size_t row = size_t(spec.q_heads) * spec.head_dim;
+  for (size_t b = 0; b < spec.seq_lens.size(); ++b) {
+    const size_t begin = host.query_start[b] * row, end = host.query_start[b + 1] * row;
+    std::vector<double> ref(end - begin);
+    for (size_t i = begin; i < end; ++i) ref[i - begin] = bf16_to_float(host.out[i]);
+    const testing::ErrorStats s = testing::compare(got, ref, begin);
+    std::vector<float> qf, kf, vf;
+    host.dequantized(static_cast<int>(b), qf, kf, vf);
+    const auto exact = attention_fp64(qf.data(), kf.data(), vf.data(), spec.q_lens[b], spec.seq_lens[b], spec.q_heads,
+                                      spec.kv_heads, spec.head_dim, 1.0 / std::sqrt(double(spec.head_dim)));
+    const testing::ErrorStats e = testing::compare(got, exact, begin);
+    std::printf("    seq %zu (len %d, %d queries): vs fp8_tile reference rel L2 %.2e max %.2e of %.2e; vs FP64 rel L2 %.2e\n",
+                b, spec.seq_lens[b], spec.q_lens[b], s.rel_l2, s.max_abs, s.ref_max, e.rel_l2);
+    std::fflush(stdout);
+    ASSERT_TRUE(s.finite) << "sequence " << b << ": an output is NaN/inf (unwritten?)";
+    EXPECT_LE(s.rel_l2, 3e-2) << "sequence " << b << " (seq_len " << spec.seq_lens[b] << ")";
+    EXPECT_LE(e.rel_l2, 5e-2) << "sequence " << b << " (seq_len " << spec.seq_lens[b] << ")";
+  }
+}
 
 void run_attention_case(const AttentionCase& c, Kernel kernel) {
   ProblemSpec spec{c.q_heads, c.kv_heads, c.head_dim, c.page_size, c.seq_lens, c.q_lens};
   spec.seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << c.name << (kernel == Kernel::splitkv ? " split-KV" : " prefill") << " seed "
-                                    << spec.seed);
+  SCOPED_TRACE(::testing::Message() << c.name << kernel_name(kernel) << " seed " << spec.seed);
   HostProblem host = testing::make_problem(spec);
   quantize_qkv_reference(host.quantize_args());
   testing::gather_queries(host);
@@ -158,12 +200,19 @@ void run_attention_case(const AttentionCase& c, Kernel kernel) {
     DeviceBuffer<uint8_t> workspace(std::vector<uint8_t>(workspace_bytes, 0xFF));  // NaN poison
     paged_attention_splitkv(a, workspace.get(), nullptr);
     FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
-  } else {
+  } else if (kernel == Kernel::prefill) {
     paged_attention_prefill(a, nullptr);
+  } else {
+    paged_attention_prefill_fp8(a, nullptr,
+                                kernel == Kernel::prefill_fp8_serial ? PrefillPipeline::serial : PrefillPipeline::three_stage);
   }
   FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> got = dev.out.download();
 
+  if (fp8_prefill(kernel)) {
+    check_fp8_prefill(host, got);
+    return;
+  }
   paged_attention_reference(host.attention_args(), PRounding::fp16);
   const size_t row = size_t(c.q_heads) * c.head_dim;
   for (size_t b = 0; b < c.seq_lens.size(); ++b) {
@@ -206,6 +255,27 @@ TEST(AttentionGpu, ChunkedPrefillMatchesReference) {
   }
 }
 
+// The FP8 wgmma prefill: lengths around its 128-query / 128-key tiles, prefixes, pages 16..256,
+// GQA 32/8, 64/8 and 9/3 (SmolLM2), head_dim 128 and 64, both consumer schedules.
+TEST(AttentionGpu, Fp8WgmmaPrefillMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<AttentionCase> cases = {
+      {"one_tile_exact", 8, 2, 128, 64, {128}, {128}},
+      {"varlen_around_tiles", 32, 8, 128, 16, {1, 127, 129, 255, 300}, {1, 127, 129, 255, 300}},
+      {"prefix_not_tile_aligned", 32, 8, 128, 64, {1000, 517}, {333, 64}},
+      {"decode_like_over_prefix", 8, 2, 128, 32, {700, 129}, {1, 3}},
+      {"gqa64_8_page256", 64, 8, 128, 256, {600}, {600}},
+      {"gqa4_1100_page128", 8, 2, 128, 128, {1100}, {1100}},
+      {"smollm2_9_3_d64", 9, 3, 64, 16, {45, 130, 1200}, {45, 130, 1100}},
+      {"d64_page64_prefix", 8, 2, 64, 64, {777}, {500}},
+  };
+  for (const AttentionCase& c : cases) {
+    std::printf("  %s\n", c.name);
+    run_attention_case(c, Kernel::prefill_fp8_three_stage);
+    run_attention_case(c, Kernel::prefill_fp8_serial);
+  }
+}
+
 TEST(AttentionGpu, LaunchersRejectBadShapes) {
   SKIP_WITHOUT_GPU();
   ProblemSpec spec;
@@ -218,6 +288,7 @@ TEST(AttentionGpu, LaunchersRejectBadShapes) {
   a.cache.layout.head_dim = 96;
   EXPECT_THROW(paged_attention_splitkv(a, nullptr, nullptr), Error);
   EXPECT_THROW(paged_attention_prefill(a, nullptr), Error);
+  EXPECT_THROW(paged_attention_prefill_fp8(a, nullptr), Error);
   QkvQuantizeArgs qa = host.quantize_args();
   qa.cache = dev.cache(host.layout);
   qa.q_heads = 7;

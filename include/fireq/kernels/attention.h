@@ -180,4 +180,13 @@ void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, vo
 // mma.sync with the same PRounding::fp16 numerics; no workspace.
 void paged_attention_prefill(const PagedAttentionArgs& args, void* stream);
 
+// Prefill FlashAttention-3 style on Hopper (sm_90a): FP8 wgmma for Q K^T and P V, INT4 K/V converted
+// to FP8 in shared memory by a producer warpgroup, two consumer warpgroups of 64 query rows; the
+// PRounding::fp8_tile numerics. head_dim 64 or 128; no workspace. `pipeline` picks the consumer's
+// schedule: three_stage (FireQ: Q K_i^T and P_{i-1} V_{i-1} in flight while softmax(S_i) runs) or
+// serial (each step waits for the previous one; the baseline it is measured against).
+enum class PrefillPipeline { serial, three_stage };
+void paged_attention_prefill_fp8(const PagedAttentionArgs& args, void* stream,
+                                 PrefillPipeline pipeline = PrefillPipeline::three_stage);
+
 }  // namespace fireq::attention

@@ -1,0 +1,550 @@
+// Causal prefill attention of FP8 queries over the paged INT4 KV cache, FlashAttention-3 style on
+// Hopper (sm_90a), with PRounding::fp8_tile numerics (docs/kernels/ATTENTION.md §2).
+//
+// CTA = 128 query tokens of one query head, three warpgroups:
+//  - producer: reads each 128-key tile's INT4 K rows and V^T channel rows from the pages (plain 16-
+//    and 8-byte loads issued before it waits for a free stage), converts them to FP8 e4m3 (exact:
+//    integers -8..7 are e4m3 values) straight into the 128-byte-swizzled K-major layout wgmma reads,
+//    plus the tile's K and V scales as floats; kStages stages, mbarriers full/empty;
+//  - two consumers, 64 query rows each:  S = Q K^T (wgmma, both operands in shared memory), online
+//    softmax in the log2 domain with the K scale folded into S's columns, P~ = exp2(S - m) scaled by
+//    v_scale / max_tile(v_scale) * 448 and rounded to e4m3 in registers, O += P V (wgmma, P from
+//    registers, V^T from shared memory), FP32 accumulators.
+// Three-stage pipelining inside a consumer (FireQ, PrefillPipeline::three_stage): Q K_i^T and
+// P_{i-1} V_{i-1} are issued together; the softmax of S_i runs as soon as Q K_i^T lands, while
+// P_{i-1} V_{i-1} still executes. PrefillPipeline::serial (QK, wait, softmax, PV, wait) is the baseline.
+//
+// Key order: P leaves S's accumulators as wgmma's register A operand without shuffles because the
+// producer stores the V^T columns of every 32-key k-step in the order those registers hold the keys
+// (see v_column_of_key); the dot product over keys does not care about their order.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cute/arch/mma_sm90_gmma.hpp>
+#include <utility>
+
+#include "../gemm/ptx_sm90.cuh"
+#include "fireq/cuda_check.h"
+#include "fireq/error.h"
+#include "fireq/kernels/attention.h"
+
+namespace fireq::attention {
+namespace {
+
+namespace ptx = fireq::gemm::ptx;
+using cute::SM90::GMMA::ScaleOut;
+
+constexpr int kConsumerRows = 64;             // query rows per consumer warpgroup (wgmma M)
+constexpr int kQueryTile = 2 * kConsumerRows;  // query tokens per CTA
+constexpr int kKvTile = 128;                   // keys per stage: the reference's fp8_tile tile
+constexpr int kStages = 3;                     // tile i's K and tile i-1's V are in use together
+constexpr int kThreads = 3 * 128;
+constexpr int kProducerRegisters = 88;
+constexpr int kConsumerRegisters = 208;  // 88 * 128 + 208 * 256 = 168 * 384, the launch share; no spills
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Params {
+  const uint8_t* q;
+  const uint16_t* q_scale;
+  const int32_t* query_start;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  const uint8_t* k;
+  const uint8_t* v;
+  const uint16_t* k_scale;
+  const uint16_t* v_scale;
+  int kv_heads;
+  int max_pages_per_seq;
+  int page_shift;  // log2(page_size)
+  int q_heads, group;
+  float score_factor;  // softmax_scale * log2(e)
+  uint16_t* out;
+};
+
+template <int kHeadDim>
+struct alignas(1024) Smem {
+  uint8_t q[2][kConsumerRows * kHeadDim];     // FP8, K-major, swizzled (64- or 128-byte rows)
+  uint8_t k[kStages][kKvTile * kHeadDim];     // FP8 K rows, idem
+  uint8_t vt[kStages][kHeadDim * kKvTile];    // FP8 V^T rows (128 keys = 128 bytes), 128-byte swizzle
+  float k_scale[kStages][kKvTile];
+  float v_scale[kStages][kKvTile];            // 0 for keys past the CTA's range
+  uint64_t full[kStages], empty[kStages];
+};
+
+// Byte offset of (row, byte) in a K-major tile of kRowBytes-byte rows with the matching wgmma
+// swizzle (16-byte chunks XORed with the row's position in its 1024- or 512-byte repeat).
+template <int kRowBytes>
+__device__ __forceinline__ int swizzled(int row, int byte) {
+  static_assert(kRowBytes == 64 || kRowBytes == 128, "64- or 128-byte swizzle");
+  const int linear = row * kRowBytes + byte;
+  return linear ^ (((linear >> 7) & (kRowBytes / 16 - 1)) << 4);
+}
+
+// wgmma shared-memory descriptor of such a tile (1024-byte aligned): 8-row groups 8 * kRowBytes
+// apart; the leading offset is unused with swizzling.
+template <int kRowBytes>
+__device__ __forceinline__ uint64_t k_major_descriptor(const void* tile) {
+  uint64_t desc = (ptx::smem_address(tile) & 0x3FFFF) >> 4;
+  desc |= uint64_t{1} << 16;
+  desc |= uint64_t{8 * kRowBytes >> 4} << 32;
+  desc |= uint64_t{kRowBytes == 128 ? 1 : 2} << 62;
+  return desc;
+}
+
+// Four two's-complement INT4 values (the nibbles of the low 16 bits, first value lowest) -> four
+// e4m3 bytes in the same order. Byte-permute lookups in the tables of 0..7 and -8..-1, then a third
+// permute takes each byte from the table its nibble's sign bit names.
+__device__ __forceinline__ uint32_t int4x4_to_e4m3x4(uint32_t nibbles) {
+  constexpr uint32_t kCodes0To3 = 0x44403800u, kCodes4To7 = 0x4E4C4A48u;        // e4m3(0) .. e4m3(7)
+  constexpr uint32_t kCodesM8ToM5 = 0xCACCCED0u, kCodesM4ToM1 = 0xB8C0C4C8u;    // e4m3(-8) .. e4m3(-1)
+  const uint32_t low_bits = nibbles & 0x7777u;
+  const uint32_t non_negative = __byte_perm(kCodes0To3, kCodes4To7, low_bits);
+  const uint32_t negative = __byte_perm(kCodesM8ToM5, kCodesM4ToM1, low_bits);
+  const uint32_t from_negative = (nibbles >> 1) & 0x4444u;  // selector bit 2 = the nibble's bit 3
+  return __byte_perm(non_negative, negative, 0x3210u | from_negative);
+}
+
+// Two floats -> two e4m3 bytes (RNE, saturating: numerics.h's fp8_e4m3_from_float), `low` first.
+__device__ __forceinline__ uint32_t e4m3x2(float low, float high) {
+  uint16_t packed;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(packed) : "f"(high), "f"(low));
+  return packed;
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
+
+// ---------------------------------------------------------------------------------------------
+// wgmma wrappers: S (N = 128 keys, both operands in shared memory) and O (N = head_dim, A = P in
+// registers).
+template <size_t... I>
+__device__ __forceinline__ void wgmma_qk(uint64_t desc_q, uint64_t desc_k, float (&s)[64], bool accumulate,
+                                         std::index_sequence<I...>) {
+  cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>::fma(desc_q, desc_k, s[I]...,
+                                                           accumulate ? ScaleOut::One : ScaleOut::Zero);
+}
+
+template <int kHeadDim>
+struct PvMma;
+template <>
+struct PvMma<128> {
+  using Op = cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_RS_TN<>;
+};
+template <>
+struct PvMma<64> {
+  using Op = cute::SM90::GMMA::MMA_64x64x32_F32E4M3E4M3_RS_TN<>;
+};
+
+template <int kHeadDim, size_t... I>
+__device__ __forceinline__ void wgmma_pv(const uint32_t (&p)[4], uint64_t desc_vt, float (&o)[kHeadDim / 2],
+                                         std::index_sequence<I...>) {
+  PvMma<kHeadDim>::Op::fma(p[0], p[1], p[2], p[3], desc_vt, o[I]..., ScaleOut::One);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CTA's work: which queries, which keys.
+struct CtaRange {
+  int q_begin, q_len, first_pos;  // first_pos: position of the sequence's first query
+  int q_tile;                     // this CTA's 128 queries: q_tile * 128 ...
+  int kv_end;                     // keys [0, kv_end) are visible to some query of the CTA
+  int tiles;
+  int head, kv_head, batch;
+};
+
+__device__ __forceinline__ CtaRange cta_range(const Params& p) {
+  CtaRange r;
+  r.q_tile = gridDim.x - 1 - blockIdx.x;  // longest causal ranges first
+  r.head = blockIdx.y;
+  r.batch = blockIdx.z;
+  r.kv_head = r.head / p.group;
+  r.q_begin = p.query_start[r.batch];
+  r.q_len = p.query_start[r.batch + 1] - r.q_begin;
+  r.first_pos = p.seq_lens[r.batch] - r.q_len;
+  r.kv_end = r.first_pos + min(r.q_len, (r.q_tile + 1) * kQueryTile);
+  r.tiles = (r.kv_end + kKvTile - 1) / kKvTile;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer warpgroup: INT4 pages -> FP8 tiles in shared memory.
+template <int kHeadDim>
+__device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int thread) {
+  constexpr int kKPieces = kKvTile * kHeadDim / 32 / 128;  // 16-byte pieces (32 channels) per thread
+  constexpr int kVPieces = kHeadDim * (kKvTile / 16) / 128;  // 8-byte pieces (16 keys) per thread
+  const int32_t* pages = p.block_table + int64_t(r.batch) * p.max_pages_per_seq;
+  const int page_mask = (1 << p.page_shift) - 1;
+  // (page * kv_heads + kv_head) * page_size + slot: the row of a cached position in the K data / scales.
+  auto row_of = [&](int pos) {
+    return ((int64_t(pages[pos >> p.page_shift]) * p.kv_heads + r.kv_head) << p.page_shift) + (pos & page_mask);
+  };
+  for (int tile = 0; tile < r.tiles; ++tile) {
+    const int stage = tile % kStages, tile_start = tile * kKvTile;
+    uint4 k_raw[kKPieces];
+    #pragma unroll
+    for (int i = 0; i < kKPieces; ++i) {
+      const int piece = thread + 128 * i, key = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32);
+      const int pos = tile_start + key;
+      k_raw[i] = pos < r.kv_end ? *reinterpret_cast<const uint4*>(p.k + row_of(pos) * (kHeadDim / 2) + 16 * part)
+                                : make_uint4(0, 0, 0, 0);
+    }
+    // A thread's V pieces share one 16-key chunk (the same page), channels 128 / 8 apart.
+    const int chunk = thread % (kKvTile / 16), chunk_pos = tile_start + 16 * chunk;
+    const bool chunk_valid = chunk_pos < r.kv_end;
+    const int64_t chunk_row = chunk_valid ? row_of(chunk_pos) : 0;
+    // V^T byte of (row, channel): ((page * kv_heads + h) * d + channel) * page_size / 2 + slot / 2.
+    const uint8_t* v_chunk = p.v + ((((chunk_row >> p.page_shift) * kHeadDim) << p.page_shift) >> 1) +
+                             ((chunk_row & page_mask) >> 1);
+    uint2 v_raw[kVPieces];
+    #pragma unroll
+    for (int i = 0; i < kVPieces; ++i) {
+      const int channel = thread / (kKvTile / 16) + (128 / (kKvTile / 16)) * i;
+      // A 16-key chunk of a channel row: keys past kv_end inside a valid chunk are zeroed below.
+      v_raw[i] = chunk_valid ? *reinterpret_cast<const uint2*>(v_chunk + ((int64_t(channel) << p.page_shift) >> 1))
+                             : make_uint2(0, 0);
+    }
+    const int scale_pos = tile_start + thread;
+    const bool scale_valid = scale_pos < r.kv_end;
+    const int64_t scale_row = scale_valid ? row_of(scale_pos) : 0;
+    const float k_scale = scale_valid ? bf16_bits_to_float(p.k_scale[scale_row]) : 0.0f;
+    const float v_scale = scale_valid ? bf16_bits_to_float(p.v_scale[scale_row]) : 0.0f;
+
+    ptx::mbarrier_wait(&sm.empty[stage], ((tile / kStages) & 1) ^ 1);
+    #pragma unroll
+    for (int i = 0; i < kKPieces; ++i) {
+      const int piece = thread + 128 * i, key = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32);
+      const uint32_t w[4] = {k_raw[i].x, k_raw[i].y, k_raw[i].z, k_raw[i].w};
+      uint32_t e[8];
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        e[2 * j] = int4x4_to_e4m3x4(w[j]);
+        e[2 * j + 1] = int4x4_to_e4m3x4(w[j] >> 16);
+      }
+      uint8_t* row = sm.k[stage];
+      *reinterpret_cast<uint4*>(row + swizzled<kHeadDim>(key, 32 * part)) = make_uint4(e[0], e[1], e[2], e[3]);
+      *reinterpret_cast<uint4*>(row + swizzled<kHeadDim>(key, 32 * part + 16)) = make_uint4(e[4], e[5], e[6], e[7]);
+    }
+    // Keys of a partly valid chunk past kv_end: their cache bytes may be stale; P is 0 there, but
+    // 0 * e4m3 must not meet a NaN, and INT4 codes never are one, so only the scales are zeroed.
+    #pragma unroll
+    for (int i = 0; i < kVPieces; ++i) {
+      const int channel = thread / (kKvTile / 16) + (128 / (kKvTile / 16)) * i;
+      const uint32_t a_lo = int4x4_to_e4m3x4(v_raw[i].x), a_hi = int4x4_to_e4m3x4(v_raw[i].x >> 16);  // keys 0..7
+      const uint32_t b_lo = int4x4_to_e4m3x4(v_raw[i].y), b_hi = int4x4_to_e4m3x4(v_raw[i].y >> 16);  // keys 8..15
+      // v_column_of_key: pairs of keys alternate between the chunk's two halves.
+      const uint4 out = make_uint4(__byte_perm(a_lo, b_lo, 0x5410), __byte_perm(a_lo, b_lo, 0x7632),
+                                   __byte_perm(a_hi, b_hi, 0x5410), __byte_perm(a_hi, b_hi, 0x7632));
+      *reinterpret_cast<uint4*>(sm.vt[stage] + swizzled<128>(channel, 16 * chunk)) = out;
+    }
+    sm.k_scale[stage][thread] = k_scale;
+    sm.v_scale[stage][thread] = v_scale;
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic stores -> wgmma reads
+    ptx::mbarrier_arrive(&sm.full[stage]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumer warpgroup state and steps.
+template <int kHeadDim>
+struct Consumer {
+  static constexpr int kOAcc = kHeadDim / 2;
+  const Params& p;
+  const CtaRange& r;
+  Smem<kHeadDim>& sm;
+  int warp, g, t;
+  int row_pos[2];        // positions of rows g and g + 8 of this warp
+  float row_factor[2];   // q_scale * softmax_scale * log2(e); 0 for rows past q_len
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};  // this thread's partial sums of P~
+  float o_unit[2] = {1.0f, 1.0f};    // O = o_unit * o_acc: the last tile's max(v_scale) / 448
+  int wg_first_pos;
+
+  // Online softmax of S (tile `tile`, stage `stage`) into P's A fragments; returns in `rescale` the
+  // factor that brings o_acc to the units of this tile.
+  __device__ __forceinline__ void softmax(float (&s)[64], int tile, int stage, uint32_t (&pf)[4][4],
+                                          float (&rescale)[2]) {
+    const float* k_scale = sm.k_scale[stage];
+    const float* v_scale = sm.v_scale[stage];
+    const int tile_start = tile * kKvTile;
+    // Below the diagonal of every row of the warpgroup and inside the range: no masks (most tiles).
+    const bool interior = tile_start + kKvTile <= min(r.kv_end, wg_first_pos + 1);
+    float vmax[2] = {0.0f, 0.0f}, tile_max[2] = {-INFINITY, -INFINITY};
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const int key = 8 * (i / 4) + 2 * t + (i % 2), rh = (i / 2) % 2;
+      const bool visible = interior || (tile_start + key < r.kv_end && tile_start + key <= row_pos[rh]);
+      s[i] = visible ? (s[i] * k_scale[key]) * row_factor[rh] : -INFINITY;
+      tile_max[rh] = fmaxf(tile_max[rh], s[i]);
+      if (visible) vmax[rh] = fmaxf(vmax[rh], v_scale[key]);
+    }
+    float base[2], to_fp8[2];
+    #pragma unroll
+    for (int rh = 0; rh < 2; ++rh) {
+      #pragma unroll
+      for (int lane_bit = 1; lane_bit <= 2; lane_bit <<= 1) {
+        tile_max[rh] = fmaxf(tile_max[rh], __shfl_xor_sync(0xFFFFFFFFu, tile_max[rh], lane_bit));
+        vmax[rh] = fmaxf(vmax[rh], __shfl_xor_sync(0xFFFFFFFFu, vmax[rh], lane_bit));
+      }
+      const float new_max = fmaxf(row_max[rh], tile_max[rh]);
+      base[rh] = new_max == -INFINITY ? 0.0f : new_max;
+      const float alpha = exp2f(row_max[rh] - base[rh]);
+      row_max[rh] = new_max;
+      row_sum[rh] *= alpha;
+      // A row that sees no key of this tile keeps its units (its P is all zero).
+      const float unit = vmax[rh] > 0.0f ? vmax[rh] / kFp8E4M3Max : o_unit[rh];
+      to_fp8[rh] = vmax[rh] > 0.0f ? kFp8E4M3Max / vmax[rh] : 0.0f;
+      rescale[rh] = alpha * (o_unit[rh] / unit);
+      o_unit[rh] = unit;
+    }
+    float pv[64];
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const int key = 8 * (i / 4) + 2 * t + (i % 2), rh = (i / 2) % 2;
+      const float prob = exp2f(s[i] - base[rh]);
+      row_sum[rh] += prob;
+      pv[i] = (prob * v_scale[key]) * to_fp8[rh];
+    }
+    // k-step ks: a0 = row g, keys of n8 blocks 4ks and 4ks+1; a1 = row g + 8; a2, a3: blocks 4ks+2, +3.
+    #pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      #pragma unroll
+      for (int reg = 0; reg < 4; ++reg) {
+        const int i0 = 16 * ks + 8 * (reg / 2) + 2 * (reg % 2);  // first value: block 4ks + 2(reg/2), row half reg%2
+        pf[ks][reg] = e4m3x2(pv[i0], pv[i0 + 1]) | (e4m3x2(pv[i0 + 4], pv[i0 + 5]) << 16);
+      }
+  }
+
+  // The wgmmas of a step. Every register they read or write is fenced before the first of them and
+  // nothing but wgmmas comes between (else ptxas serializes them, C7513).
+  __device__ __forceinline__ void fence_s(float (&s)[64]) {
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
+  }
+  __device__ __forceinline__ void fence_o(float (&o)[kOAcc], uint32_t (&pf)[4][4]) {
+    #pragma unroll
+    for (int i = 0; i < kOAcc; ++i) ptx::fence_register(o[i]);
+    #pragma unroll
+    for (int i = 0; i < 16; ++i) ptx::fence_register(pf[i / 4][i % 4]);
+  }
+  __device__ __forceinline__ void wgmmas_qk(uint64_t desc_q, uint64_t desc_k, float (&s)[64]) {
+    #pragma unroll
+    for (int ks = 0; ks < kHeadDim / 32; ++ks)
+      wgmma_qk(desc_q + 2 * ks, desc_k + 2 * ks, s, ks > 0, std::make_index_sequence<64>{});
+    ptx::wgmma_commit();
+  }
+  __device__ __forceinline__ void wgmmas_pv(uint64_t desc_vt, const uint32_t (&pf)[4][4], float (&o)[kOAcc]) {
+    #pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_pv<kHeadDim>(pf[ks], desc_vt + 2 * ks, o, std::make_index_sequence<kOAcc>{});
+    ptx::wgmma_commit();
+  }
+  __device__ __forceinline__ uint64_t k_descriptor(int stage) { return k_major_descriptor<kHeadDim>(sm.k[stage]); }
+  __device__ __forceinline__ uint64_t vt_descriptor(int stage) { return k_major_descriptor<128>(sm.vt[stage]); }
+
+  __device__ __forceinline__ void release(int stage, int lane) {
+    __syncwarp();
+    if (lane == 0) ptx::mbarrier_arrive(&sm.empty[stage]);
+  }
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ void rescale_o(float (&o)[kHeadDim / 2], const float (&rescale)[2]) {
+  #pragma unroll
+  for (int i = 0; i < kHeadDim / 2; ++i) {
+    ptx::fence_register(o[i]);
+    o[i] *= rescale[(i / 2) % 2];
+  }
+}
+
+template <int kHeadDim, bool kThreeStage>
+__device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int consumer, int thread) {
+  Consumer<kHeadDim> c{p, r, sm};
+  const int lane = thread % 32;
+  c.warp = thread / 32;
+  c.g = lane / 4;
+  c.t = lane % 4;
+  const int wg_first_query = r.q_tile * kQueryTile + consumer * kConsumerRows;
+  c.wg_first_pos = r.first_pos + wg_first_query;
+
+  // Q rows of this warpgroup into its swizzled tile (zeros past q_len).
+  uint8_t* q_tile = sm.q[consumer];
+  constexpr int kQPieces = kConsumerRows * kHeadDim / 16 / 128;
+  #pragma unroll
+  for (int i = 0; i < kQPieces; ++i) {
+    const int piece = thread + 128 * i, row = piece / (kHeadDim / 16), part = piece % (kHeadDim / 16);
+    const int query = wg_first_query + row;
+    const uint4 x = query < r.q_len ? *reinterpret_cast<const uint4*>(
+                                          p.q + (int64_t(r.q_begin + query) * p.q_heads + r.head) * kHeadDim + 16 * part)
+                                    : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(q_tile + swizzled<kHeadDim>(row, 16 * part)) = x;
+  }
+  #pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int query = wg_first_query + c.warp * 16 + c.g + 8 * rh;
+    c.row_pos[rh] = r.first_pos + query;
+    c.row_factor[rh] =
+        query < r.q_len ? bf16_bits_to_float(p.q_scale[int64_t(r.q_begin + query) * p.q_heads + r.head]) * p.score_factor
+                        : 0.0f;
+  }
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  ptx::named_barrier_sync(1 + consumer, 128);
+  const uint64_t desc_q = k_major_descriptor<kHeadDim>(q_tile);
+
+  float s[64];
+  float o[kHeadDim / 2];
+  #pragma unroll
+  for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
+  uint32_t pf[4][4];
+  float rescale[2];
+
+  if constexpr (kThreeStage) {
+    ptx::mbarrier_wait(&sm.full[0], 0);
+    const uint64_t desc_k0 = c.k_descriptor(0);
+    c.fence_s(s);
+    ptx::wgmma_fence();
+    c.wgmmas_qk(desc_q, desc_k0, s);
+    ptx::wgmma_wait<0>();
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
+    c.softmax(s, 0, 0, pf, rescale);  // o is zero: no rescale needed
+    for (int tile = 1; tile < r.tiles; ++tile) {
+      const int stage = tile % kStages, previous = (tile - 1) % kStages;
+      ptx::mbarrier_wait(&sm.full[stage], (tile / kStages) & 1);
+      const uint64_t desc_k = c.k_descriptor(stage), desc_vt = c.vt_descriptor(previous);
+      c.fence_s(s);
+      c.fence_o(o, pf);
+      ptx::wgmma_fence();
+      c.wgmmas_qk(desc_q, desc_k, s);     // S_i = Q K_i^T
+      c.wgmmas_pv(desc_vt, pf, o);        // O += P_{i-1} V_{i-1}, both in flight
+      ptx::wgmma_wait<1>();             // S_i landed; P_{i-1} V_{i-1} may still run
+      #pragma unroll
+      for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
+      uint32_t next_pf[4][4];
+      c.softmax(s, tile, stage, next_pf, rescale);
+      ptx::wgmma_wait<0>();
+      #pragma unroll
+      for (int i = 0; i < 16; ++i) ptx::fence_register(pf[i / 4][i % 4]);  // read by the wgmma until here
+      c.release(previous, lane);
+      rescale_o<kHeadDim>(o, rescale);
+      #pragma unroll
+      for (int i = 0; i < 16; ++i) pf[i / 4][i % 4] = next_pf[i / 4][i % 4];
+    }
+    const int last = (r.tiles - 1) % kStages;
+    const uint64_t desc_vt = c.vt_descriptor(last);
+    c.fence_o(o, pf);
+    ptx::wgmma_fence();
+    c.wgmmas_pv(desc_vt, pf, o);
+    ptx::wgmma_wait<0>();
+    #pragma unroll
+    for (int i = 0; i < 16; ++i) ptx::fence_register(pf[i / 4][i % 4]);
+    c.release(last, lane);
+  } else {
+    for (int tile = 0; tile < r.tiles; ++tile) {
+      const int stage = tile % kStages;
+      ptx::mbarrier_wait(&sm.full[stage], (tile / kStages) & 1);
+      const uint64_t desc_k = c.k_descriptor(stage), desc_vt = c.vt_descriptor(stage);
+      c.fence_s(s);
+      ptx::wgmma_fence();
+      c.wgmmas_qk(desc_q, desc_k, s);
+      ptx::wgmma_wait<0>();
+      #pragma unroll
+      for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
+      c.softmax(s, tile, stage, pf, rescale);
+      rescale_o<kHeadDim>(o, rescale);
+      c.fence_o(o, pf);
+      ptx::wgmma_fence();
+      c.wgmmas_pv(desc_vt, pf, o);
+      ptx::wgmma_wait<0>();
+      #pragma unroll
+      for (int i = 0; i < 16; ++i) ptx::fence_register(pf[i / 4][i % 4]);
+      c.release(stage, lane);
+    }
+  }
+  #pragma unroll
+  for (int i = 0; i < kHeadDim / 2; ++i) ptx::fence_register(o[i]);
+
+  #pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    float sum = c.row_sum[rh];
+    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
+    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
+    const int query = wg_first_query + c.warp * 16 + c.g + 8 * rh;
+    if (query >= r.q_len) continue;
+    uint16_t* out = p.out + (int64_t(r.q_begin + query) * p.q_heads + r.head) * kHeadDim;
+    const float factor = c.o_unit[rh] / sum;
+    #pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+      const uint32_t pair = uint32_t(bf16_from_float(o[4 * j + 2 * rh] * factor)) |
+                            (uint32_t(bf16_from_float(o[4 * j + 2 * rh + 1] * factor)) << 16);
+      *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * c.t) = pair;
+    }
+  }
+}
+
+template <int kHeadDim, bool kThreeStage>
+__global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const __grid_constant__ Params p) {
+  extern __shared__ uint8_t smem_raw[];
+  Smem<kHeadDim>& sm = *reinterpret_cast<Smem<kHeadDim>*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const CtaRange r = cta_range(p);
+  if (r.q_tile * kQueryTile >= r.q_len) return;  // the whole CTA: shorter sequence of the batch
+  const int warpgroup = threadIdx.x / 128, thread = threadIdx.x % 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      ptx::mbarrier_init(&sm.full[s], 128);  // every producer thread
+      ptx::mbarrier_init(&sm.empty[s], 8);   // one lane per consumer warp
+    }
+    ptx::fence_barrier_init();
+  }
+  __syncthreads();
+  if (warpgroup == 0) {
+    ptx::setmaxnreg_dec<kProducerRegisters>();
+    produce<kHeadDim>(p, r, sm, thread);
+  } else {
+    ptx::setmaxnreg_inc<kConsumerRegisters>();
+    consume<kHeadDim, kThreeStage>(p, r, sm, warpgroup - 1, thread);
+  }
+}
+
+template <int kHeadDim, bool kThreeStage>
+void launch(dim3 grid, const Params& p, cudaStream_t stream) {
+  constexpr int kSmemBytes = static_cast<int>(sizeof(Smem<kHeadDim>)) + 1024;  // + alignment slack
+  auto* kernel = prefill_sm90_kernel<kHeadDim, kThreeStage>;
+  FIREQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+}
+
+}  // namespace
+
+void paged_attention_prefill_fp8(const PagedAttentionArgs& args, void* stream, PrefillPipeline pipeline) {
+  check_shapes(args);
+  const PagedKvLayout& layout = args.cache.layout;
+  if (args.q_heads > 65535 || args.sequences.batch > 65535)
+    fail("paged_attention_prefill_fp8: q_heads ", args.q_heads, " and batch ", args.sequences.batch,
+         " must be <= 65535");
+  Params p{};
+  p.q = args.q;
+  p.q_scale = args.q_scale;
+  p.query_start = args.query_start;
+  p.block_table = args.sequences.block_table;
+  p.seq_lens = args.sequences.seq_lens;
+  p.k = args.cache.k;
+  p.v = args.cache.v;
+  p.k_scale = args.cache.k_scale;
+  p.v_scale = args.cache.v_scale;
+  p.kv_heads = layout.kv_heads;
+  p.max_pages_per_seq = args.sequences.max_pages_per_seq;
+  p.page_shift = __builtin_ctz(static_cast<unsigned>(layout.page_size));  // a power of two (check_layout)
+  p.q_heads = args.q_heads;
+  p.group = args.q_heads / layout.kv_heads;
+  p.score_factor = args.softmax_scale * kLog2e;
+  p.out = args.out;
+  const dim3 grid((args.max_query_len + kQueryTile - 1) / kQueryTile, args.q_heads, args.sequences.batch);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const bool three_stage = pipeline == PrefillPipeline::three_stage;
+  if (layout.head_dim == 128) {
+    three_stage ? launch<128, true>(grid, p, s) : launch<128, false>(grid, p, s);
+  } else {
+    three_stage ? launch<64, true>(grid, p, s) : launch<64, false>(grid, p, s);
+  }
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace fireq::attention
