@@ -2,8 +2,8 @@
 // Hopper (sm_90a), with PRounding::fp8_tile numerics (docs/kernels/ATTENTION.md §2).
 //
 // CTA = 128 query tokens of one query head, three warpgroups:
-//  - producer: reads each 128-key tile's INT4 K rows and V^T channel rows from the pages (plain 16-
-//    and 8-byte loads issued before it waits for a free stage), converts them to FP8 e4m3 (exact:
+//  - producer: copies each 128-key tile's INT4 K rows and V^T channel rows from the pages into raw
+//    shared-memory stages (cp.async, two tiles ahead), converts them to FP8 e4m3 (exact:
 //    integers -8..7 are e4m3 values) straight into the 128-byte-swizzled K-major layout wgmma reads,
 //    plus the tile's K and V scales as floats; kStages stages, mbarriers full/empty;
 //  - two consumers, 64 query rows each:  S = Q K^T (wgmma, both operands in shared memory), online
@@ -16,7 +16,7 @@
 //
 // Key order: P leaves S's accumulators as wgmma's register A operand without shuffles because the
 // producer stores the V^T columns of every 32-key k-step in the order those registers hold the keys
-// (see v_column_of_key); the dot product over keys does not care about their order.
+// (the V conversion in produce()); the dot product over keys does not care about their order.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -38,9 +38,11 @@ constexpr int kConsumerRows = 64;             // query rows per consumer warpgro
 constexpr int kQueryTile = 2 * kConsumerRows;  // query tokens per CTA
 constexpr int kKvTile = 128;                   // keys per stage: the reference's fp8_tile tile
 constexpr int kStages = 3;                     // tile i's K and tile i-1's V are in use together
+constexpr int kRawStages = 3;                  // INT4 tiles in flight to the producer
+constexpr int kRawAhead = kRawStages - 1;      // copies issued this many tiles before their conversion
 constexpr int kThreads = 3 * 128;
-constexpr int kProducerRegisters = 88;
-constexpr int kConsumerRegisters = 208;  // 88 * 128 + 208 * 256 = 168 * 384, the launch share; no spills
+constexpr int kProducerRegisters = 56;
+constexpr int kConsumerRegisters = 224;  // 56 * 128 + 224 * 256 = 168 * 384: the launch's share
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
@@ -62,12 +64,20 @@ struct Params {
 };
 
 template <int kHeadDim>
+struct RawTile {  // one tile as it sits in the pages (zeros past the CTA's range)
+  uint8_t k[kKvTile][kHeadDim / 2];
+  uint8_t v[kHeadDim][kKvTile / 2];
+  uint16_t k_scale[kKvTile], v_scale[kKvTile];
+};
+
+template <int kHeadDim>
 struct alignas(1024) Smem {
   uint8_t q[2][kConsumerRows * kHeadDim];     // FP8, K-major, swizzled (64- or 128-byte rows)
   uint8_t k[kStages][kKvTile * kHeadDim];     // FP8 K rows, idem
   uint8_t vt[kStages][kHeadDim * kKvTile];    // FP8 V^T rows (128 keys = 128 bytes), 128-byte swizzle
   float k_scale[kStages][kKvTile];
   float v_scale[kStages][kKvTile];            // 0 for keys past the CTA's range
+  RawTile<kHeadDim> raw[kRawStages];
   uint64_t full[kStages], empty[kStages];
 };
 
@@ -165,77 +175,114 @@ __device__ __forceinline__ CtaRange cta_range(const Params& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Producer warpgroup: INT4 pages -> FP8 tiles in shared memory.
+// Producer warpgroup: INT4 pages -> raw tiles in shared memory (cp.async, kRawAhead tiles ahead of
+// the conversion, so that memory latency overlaps it) -> FP8 tiles in the wgmma layout.
 template <int kHeadDim>
-__device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int thread) {
-  constexpr int kKPieces = kKvTile * kHeadDim / 32 / 128;  // 16-byte pieces (32 channels) per thread
-  constexpr int kVPieces = kHeadDim * (kKvTile / 16) / 128;  // 8-byte pieces (16 keys) per thread
+struct ProducerPieces {
+  static constexpr int kK = kKvTile * kHeadDim / 32 / 128;    // 16-byte pieces (32 channels of a key) per thread
+  static constexpr int kV = kHeadDim * (kKvTile / 16) / 128;  // 8-byte pieces (16 keys of a channel) per thread
+  __device__ static int k_key(int thread, int i) { return (thread + 128 * i) / (kHeadDim / 32); }
+  __device__ static int k_part(int thread, int i) { return (thread + 128 * i) % (kHeadDim / 32); }
+  // A thread's V pieces share one 16-key chunk (the same page), channels 128 / 8 apart.
+  __device__ static int v_chunk(int thread) { return thread % (kKvTile / 16); }
+  __device__ static int v_channel(int thread, int i) { return thread / (kKvTile / 16) + (128 / (kKvTile / 16)) * i; }
+};
+
+template <int kBytes>
+__device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = ptx::smem_address(smem);
+  const int src_bytes = valid ? kBytes : 0;  // 0: zero-fill (keys past the CTA's range)
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(dst), "l"(gmem), "n"(kBytes), "r"(src_bytes)
+                 : "memory");
+  }
+}
+
+// Copies tile `tile`'s INT4 K rows, V^T chunks and BF16 scales into raw stage `raw`.
+template <int kHeadDim>
+__device__ __forceinline__ void copy_raw_tile(const Params& p, const CtaRange& r, RawTile<kHeadDim>& raw, int tile,
+                                              int thread) {
+  using Pieces = ProducerPieces<kHeadDim>;
   const int32_t* pages = p.block_table + int64_t(r.batch) * p.max_pages_per_seq;
   const int page_mask = (1 << p.page_shift) - 1;
   // (page * kv_heads + kv_head) * page_size + slot: the row of a cached position in the K data / scales.
   auto row_of = [&](int pos) {
     return ((int64_t(pages[pos >> p.page_shift]) * p.kv_heads + r.kv_head) << p.page_shift) + (pos & page_mask);
   };
+  const int tile_start = tile * kKvTile;
+  #pragma unroll
+  for (int i = 0; i < Pieces::kK; ++i) {
+    const int key = Pieces::k_key(thread, i), part = Pieces::k_part(thread, i), pos = tile_start + key;
+    const bool valid = pos < r.kv_end;
+    copy_async<16>(&raw.k[key][16 * part], valid ? p.k + row_of(pos) * (kHeadDim / 2) + 16 * part : p.k, valid);
+  }
+  const int chunk = Pieces::v_chunk(thread), chunk_pos = tile_start + 16 * chunk;
+  const bool chunk_valid = chunk_pos < r.kv_end;  // keys past kv_end inside it: P is 0 there, codes finite
+  const int64_t chunk_row = chunk_valid ? row_of(chunk_pos) : 0;
+  // V^T byte of (row, channel): ((page * kv_heads + h) * d + channel) * page_size / 2 + slot / 2.
+  const uint8_t* v_chunk =
+      p.v + ((((chunk_row >> p.page_shift) * kHeadDim) << p.page_shift) >> 1) + ((chunk_row & page_mask) >> 1);
+  #pragma unroll
+  for (int i = 0; i < Pieces::kV; ++i) {
+    const int channel = Pieces::v_channel(thread, i);
+    copy_async<8>(&raw.v[channel][8 * chunk], chunk_valid ? v_chunk + ((int64_t(channel) << p.page_shift) >> 1) : p.v,
+                  chunk_valid);
+  }
+  // Scales of keys 2j, 2j + 1 (one 4-byte piece: same 16-key chunk, even slot): K by threads 0..63, V by 64..127.
+  const int pair = thread % 64, pos = tile_start + 2 * pair;
+  const bool valid = pos < r.kv_end, is_k = thread < 64;
+  const uint16_t* scales = is_k ? p.k_scale : p.v_scale;
+  copy_async<4>((is_k ? raw.k_scale : raw.v_scale) + 2 * pair, valid ? scales + row_of(pos) : scales, valid);
+}
+
+template <int kHeadDim>
+__device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int thread) {
+  using Pieces = ProducerPieces<kHeadDim>;
+  for (int tile = 0; tile < kRawAhead; ++tile) {
+    if (tile < r.tiles) copy_raw_tile<kHeadDim>(p, r, sm.raw[tile], tile, thread);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
   for (int tile = 0; tile < r.tiles; ++tile) {
-    const int stage = tile % kStages, tile_start = tile * kKvTile;
-    uint4 k_raw[kKPieces];
-    #pragma unroll
-    for (int i = 0; i < kKPieces; ++i) {
-      const int piece = thread + 128 * i, key = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32);
-      const int pos = tile_start + key;
-      k_raw[i] = pos < r.kv_end ? *reinterpret_cast<const uint4*>(p.k + row_of(pos) * (kHeadDim / 2) + 16 * part)
-                                : make_uint4(0, 0, 0, 0);
-    }
-    // A thread's V pieces share one 16-key chunk (the same page), channels 128 / 8 apart.
-    const int chunk = thread % (kKvTile / 16), chunk_pos = tile_start + 16 * chunk;
-    const bool chunk_valid = chunk_pos < r.kv_end;
-    const int64_t chunk_row = chunk_valid ? row_of(chunk_pos) : 0;
-    // V^T byte of (row, channel): ((page * kv_heads + h) * d + channel) * page_size / 2 + slot / 2.
-    const uint8_t* v_chunk = p.v + ((((chunk_row >> p.page_shift) * kHeadDim) << p.page_shift) >> 1) +
-                             ((chunk_row & page_mask) >> 1);
-    uint2 v_raw[kVPieces];
-    #pragma unroll
-    for (int i = 0; i < kVPieces; ++i) {
-      const int channel = thread / (kKvTile / 16) + (128 / (kKvTile / 16)) * i;
-      // A 16-key chunk of a channel row: keys past kv_end inside a valid chunk are zeroed below.
-      v_raw[i] = chunk_valid ? *reinterpret_cast<const uint2*>(v_chunk + ((int64_t(channel) << p.page_shift) >> 1))
-                             : make_uint2(0, 0);
-    }
-    const int scale_pos = tile_start + thread;
-    const bool scale_valid = scale_pos < r.kv_end;
-    const int64_t scale_row = scale_valid ? row_of(scale_pos) : 0;
-    const float k_scale = scale_valid ? bf16_bits_to_float(p.k_scale[scale_row]) : 0.0f;
-    const float v_scale = scale_valid ? bf16_bits_to_float(p.v_scale[scale_row]) : 0.0f;
+    const int stage = tile % kStages;
+    RawTile<kHeadDim>& raw = sm.raw[tile % kRawStages];
+    asm volatile("cp.async.wait_group %0;" ::"n"(kRawAhead - 1) : "memory");
+    ptx::named_barrier_sync(3, 128);  // every producer thread's copies of this tile have landed; the
+                                      // raw stage of tile - 1 has been read by all of them
+    if (tile + kRawAhead < r.tiles)
+      copy_raw_tile<kHeadDim>(p, r, sm.raw[(tile + kRawAhead) % kRawStages], tile + kRawAhead, thread);
+    asm volatile("cp.async.commit_group;" ::: "memory");
 
     ptx::mbarrier_wait(&sm.empty[stage], ((tile / kStages) & 1) ^ 1);
     #pragma unroll
-    for (int i = 0; i < kKPieces; ++i) {
-      const int piece = thread + 128 * i, key = piece / (kHeadDim / 32), part = piece % (kHeadDim / 32);
-      const uint32_t w[4] = {k_raw[i].x, k_raw[i].y, k_raw[i].z, k_raw[i].w};
-      uint32_t e[8];
-      #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        e[2 * j] = int4x4_to_e4m3x4(w[j]);
-        e[2 * j + 1] = int4x4_to_e4m3x4(w[j] >> 16);
-      }
-      uint8_t* row = sm.k[stage];
-      *reinterpret_cast<uint4*>(row + swizzled<kHeadDim>(key, 32 * part)) = make_uint4(e[0], e[1], e[2], e[3]);
-      *reinterpret_cast<uint4*>(row + swizzled<kHeadDim>(key, 32 * part + 16)) = make_uint4(e[4], e[5], e[6], e[7]);
+    for (int i = 0; i < Pieces::kK; ++i) {
+      const int key = Pieces::k_key(thread, i), part = Pieces::k_part(thread, i);
+      const uint4 w = *reinterpret_cast<const uint4*>(&raw.k[key][16 * part]);
+      uint8_t* tile_k = sm.k[stage];
+      *reinterpret_cast<uint4*>(tile_k + swizzled<kHeadDim>(key, 32 * part)) =
+          make_uint4(int4x4_to_e4m3x4(w.x), int4x4_to_e4m3x4(w.x >> 16), int4x4_to_e4m3x4(w.y),
+                     int4x4_to_e4m3x4(w.y >> 16));
+      *reinterpret_cast<uint4*>(tile_k + swizzled<kHeadDim>(key, 32 * part + 16)) =
+          make_uint4(int4x4_to_e4m3x4(w.z), int4x4_to_e4m3x4(w.z >> 16), int4x4_to_e4m3x4(w.w),
+                     int4x4_to_e4m3x4(w.w >> 16));
     }
-    // Keys of a partly valid chunk past kv_end: their cache bytes may be stale; P is 0 there, but
-    // 0 * e4m3 must not meet a NaN, and INT4 codes never are one, so only the scales are zeroed.
+    const int chunk = Pieces::v_chunk(thread);
     #pragma unroll
-    for (int i = 0; i < kVPieces; ++i) {
-      const int channel = thread / (kKvTile / 16) + (128 / (kKvTile / 16)) * i;
-      const uint32_t a_lo = int4x4_to_e4m3x4(v_raw[i].x), a_hi = int4x4_to_e4m3x4(v_raw[i].x >> 16);  // keys 0..7
-      const uint32_t b_lo = int4x4_to_e4m3x4(v_raw[i].y), b_hi = int4x4_to_e4m3x4(v_raw[i].y >> 16);  // keys 8..15
-      // v_column_of_key: pairs of keys alternate between the chunk's two halves.
+    for (int i = 0; i < Pieces::kV; ++i) {
+      const int channel = Pieces::v_channel(thread, i);
+      const uint2 w = *reinterpret_cast<const uint2*>(&raw.v[channel][8 * chunk]);
+      const uint32_t a_lo = int4x4_to_e4m3x4(w.x), a_hi = int4x4_to_e4m3x4(w.x >> 16);  // keys 0..7
+      const uint32_t b_lo = int4x4_to_e4m3x4(w.y), b_hi = int4x4_to_e4m3x4(w.y >> 16);  // keys 8..15
+      // Pairs of keys alternate between the chunk's two halves: the order pack_p() holds them in.
       const uint4 out = make_uint4(__byte_perm(a_lo, b_lo, 0x5410), __byte_perm(a_lo, b_lo, 0x7632),
                                    __byte_perm(a_hi, b_hi, 0x5410), __byte_perm(a_hi, b_hi, 0x7632));
       *reinterpret_cast<uint4*>(sm.vt[stage] + swizzled<128>(channel, 16 * chunk)) = out;
     }
-    sm.k_scale[stage][thread] = k_scale;
-    sm.v_scale[stage][thread] = v_scale;
+    // A pair's second key may lie past kv_end with a stale scale (NaN, say): 0 keeps 0 * scale finite.
+    const bool key_valid = tile * kKvTile + thread < r.kv_end;
+    sm.k_scale[stage][thread] = key_valid ? bf16_bits_to_float(raw.k_scale[thread]) : 0.0f;
+    sm.v_scale[stage][thread] = key_valid ? bf16_bits_to_float(raw.v_scale[thread]) : 0.0f;
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic stores -> wgmma reads
     ptx::mbarrier_arrive(&sm.full[stage]);
   }
@@ -257,10 +304,11 @@ struct Consumer {
   float o_unit[2] = {1.0f, 1.0f};    // O = o_unit * o_acc: the last tile's max(v_scale) / 448
   int wg_first_pos;
 
-  // Online softmax of S (tile `tile`, stage `stage`) into P's A fragments; returns in `rescale` the
-  // factor that brings o_acc to the units of this tile.
-  __device__ __forceinline__ void softmax(float (&s)[64], int tile, int stage, uint32_t (&pf)[4][4],
-                                          float (&rescale)[2]) {
+  // Online softmax of S (tile `tile`, stage `stage`), in place: S becomes P~ * v_scale * 448 /
+  // max(v_scale) in FP32, still in the accumulator layout; `rescale` gets the factor that brings
+  // o_acc to the units of this tile. Touches only S and row statistics, so it can run while a P V
+  // wgmma reads the previous P fragments.
+  __device__ __forceinline__ void softmax(float (&s)[64], int tile, int stage, float (&rescale)[2]) {
     const float* k_scale = sm.k_scale[stage];
     const float* v_scale = sm.v_scale[stage];
     const int tile_start = tile * kKvTile;
@@ -294,21 +342,24 @@ struct Consumer {
       rescale[rh] = alpha * (o_unit[rh] / unit);
       o_unit[rh] = unit;
     }
-    float pv[64];
     #pragma unroll
     for (int i = 0; i < 64; ++i) {
       const int key = 8 * (i / 4) + 2 * t + (i % 2), rh = (i / 2) % 2;
       const float prob = exp2f(s[i] - base[rh]);
       row_sum[rh] += prob;
-      pv[i] = (prob * v_scale[key]) * to_fp8[rh];
+      s[i] = (prob * v_scale[key]) * to_fp8[rh];
     }
-    // k-step ks: a0 = row g, keys of n8 blocks 4ks and 4ks+1; a1 = row g + 8; a2, a3: blocks 4ks+2, +3.
+  }
+
+  // The scaled P (softmax's output in S's registers) to e4m3 A fragments. k-step ks: a0 = row g, keys
+  // of n8 blocks 4ks and 4ks+1; a1 = row g + 8; a2, a3: blocks 4ks+2, 4ks+3.
+  __device__ __forceinline__ static void pack_p(const float (&s)[64], uint32_t (&pf)[4][4]) {
     #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
       #pragma unroll
       for (int reg = 0; reg < 4; ++reg) {
-        const int i0 = 16 * ks + 8 * (reg / 2) + 2 * (reg % 2);  // first value: block 4ks + 2(reg/2), row half reg%2
-        pf[ks][reg] = e4m3x2(pv[i0], pv[i0 + 1]) | (e4m3x2(pv[i0 + 4], pv[i0 + 5]) << 16);
+        const int i0 = 16 * ks + 8 * (reg / 2) + 2 * (reg % 2);  // block 4ks + 2(reg/2), row half reg%2
+        pf[ks][reg] = e4m3x2(s[i0], s[i0 + 1]) | (e4m3x2(s[i0 + 4], s[i0 + 5]) << 16);
       }
   }
 
@@ -403,7 +454,8 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
     ptx::wgmma_wait<0>();
     #pragma unroll
     for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
-    c.softmax(s, 0, 0, pf, rescale);  // o is zero: no rescale needed
+    c.softmax(s, 0, 0, rescale);  // o is zero: no rescale needed
+    c.pack_p(s, pf);
     for (int tile = 1; tile < r.tiles; ++tile) {
       const int stage = tile % kStages, previous = (tile - 1) % kStages;
       ptx::mbarrier_wait(&sm.full[stage], (tile / kStages) & 1);
@@ -416,15 +468,13 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
       ptx::wgmma_wait<1>();             // S_i landed; P_{i-1} V_{i-1} may still run
       #pragma unroll
       for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
-      uint32_t next_pf[4][4];
-      c.softmax(s, tile, stage, next_pf, rescale);
+      c.softmax(s, tile, stage, rescale);
       ptx::wgmma_wait<0>();
       #pragma unroll
       for (int i = 0; i < 16; ++i) ptx::fence_register(pf[i / 4][i % 4]);  // read by the wgmma until here
       c.release(previous, lane);
       rescale_o<kHeadDim>(o, rescale);
-      #pragma unroll
-      for (int i = 0; i < 16; ++i) pf[i / 4][i % 4] = next_pf[i / 4][i % 4];
+      c.pack_p(s, pf);  // after the wait: P's registers are the in-flight wgmma's operand (C7513)
     }
     const int last = (r.tiles - 1) % kStages;
     const uint64_t desc_vt = c.vt_descriptor(last);
@@ -446,7 +496,8 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
       ptx::wgmma_wait<0>();
       #pragma unroll
       for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
-      c.softmax(s, tile, stage, pf, rescale);
+      c.softmax(s, tile, stage, rescale);
+      c.pack_p(s, pf);
       rescale_o<kHeadDim>(o, rescale);
       c.fence_o(o, pf);
       ptx::wgmma_fence();
