@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "decode_fragments.h"
 #include "fireq/kernels/gemm.h"
 #include "fireq/numerics.h"
 
@@ -28,20 +29,6 @@ struct KernelParams {
   int x_stride;  // decode kernel: bytes per token row of X in shared memory
   Epilogue epilogue;
 };
-
-// Four INT4 codes (two's complement nibbles in the low 16 bits of `nibbles`) -> four FP8 e4m3
-// bytes, exactly: two byte-permute lookups (codes 0..7 and 8..15) and a third that picks per byte.
-__device__ __forceinline__ uint32_t int4x4_to_fp8x4(uint32_t nibbles) {
-  constexpr uint32_t kPositive0 = 0x44403800u;  // fp8(0), fp8(1), fp8(2), fp8(3)
-  constexpr uint32_t kPositive1 = 0x4E4C4A48u;  // fp8(4) .. fp8(7)
-  constexpr uint32_t kNegative0 = 0xCACCCED0u;  // fp8(-8) .. fp8(-5)
-  constexpr uint32_t kNegative1 = 0xB8C0C4C8u;  // fp8(-4) .. fp8(-1)
-  const uint32_t index = nibbles & 0x7777u;
-  const uint32_t positive = __byte_perm(kPositive0, kPositive1, index);
-  const uint32_t negative = __byte_perm(kNegative0, kNegative1, index);
-  const uint32_t pick = 0x3210u | ((nibbles & 0x8888u) >> 1);  // byte i from `negative` if bit 3 set
-  return __byte_perm(positive, negative, pick);
-}
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 

@@ -30,7 +30,6 @@ namespace {
 constexpr int kDecodeWarps = 8;  // 2 tiles x 4 slices of 16 rows: one tile pair
 constexpr int kDecodeThreads = 32 * kDecodeWarps;
 constexpr int kPrefetchBlocks = 8;  // 16-byte weight loads in flight per lane
-constexpr int kSliceBytes = 512;    // one 16-row slice's codes for one 64-wide K block
 
 // Read-once weight stream: skip L1, ask L2 for the whole 256-byte sector group.
 __device__ __forceinline__ uint4 load_streaming(const uint8_t* address) {
@@ -56,20 +55,18 @@ __device__ __forceinline__ float2 decode_scale_pair(uint32_t codes) {
 }
 
 // X[:, k_begin : k_begin + k_len] into shared memory, rows x_stride apart, each 64-byte block's
-// words permuted to 4t + 2s + h (see the file comment). A 16-byte global vector is one (s, h) for
-// t = 0..3.
+// words permuted as decode_x_word_position says (see the file comment).
 __device__ __forceinline__ void stage_x(const KernelParams& p, uint8_t* x_shared, int k_begin, int k_len) {
   const int vectors_per_row = k_len / 16;
   for (int v = threadIdx.x; v < p.m * vectors_per_row; v += blockDim.x) {
     const int token = v / vectors_per_row;
     const int column = v % vectors_per_row;
     const uint4 data = __ldg(reinterpret_cast<const uint4*>(p.x + static_cast<size_t>(token) * p.k + k_begin) + column);
-    uint32_t* block = reinterpret_cast<uint32_t*>(x_shared + token * p.x_stride + (column / 4) * 64);
-    const int sh = column % 4;
-    block[sh] = data.x;
-    block[4 + sh] = data.y;
-    block[8 + sh] = data.z;
-    block[12 + sh] = data.w;
+    uint32_t* row = reinterpret_cast<uint32_t*>(x_shared + token * p.x_stride);
+    row[decode_x_word_position(column, 0)] = data.x;
+    row[decode_x_word_position(column, 1)] = data.y;
+    row[decode_x_word_position(column, 2)] = data.z;
+    row[decode_x_word_position(column, 3)] = data.w;
   }
 }
 
@@ -127,8 +124,8 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
   const int block_mask = p.blocks_per_group - 1;
   const size_t record_bytes = pair_record_bytes(p.blocks_per_group);
   const uint8_t* records = p.weights + (static_cast<size_t>(pair) * p.groups + group_begin) * record_bytes;
-  const int code_offset = (warp / 4) * p.blocks_per_group * kChunkBytes + slice * kSliceBytes + lane * 16;
-  const int scale_offset = 2 * p.blocks_per_group * kChunkBytes + (warp / 4) * kTileRows + slice * 16 + lane / 4;
+  const int code_offset = decode_code_offset(warp, lane, 0, p.blocks_per_group);
+  const int scale_offset = decode_scale_offset(warp, lane, p.blocks_per_group);
 
   uint4 codes[kPrefetchBlocks];
   uint32_t scales[kPrefetchBlocks];  // the block's group scales for rows r0 and r0 + 8
@@ -147,7 +144,7 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
 
   float result[kNTiles][4] = {};
   float sums[kNTiles][4];
-  const uint8_t* x_lane = x_shared + 16 * (lane % 4);
+  const uint8_t* x_lane = x_shared + decode_x_lane_offset(lane, 0);
   if (active) {
     for (int b0 = 0; b0 < blocks; b0 += kPrefetchBlocks) {
 #pragma unroll
