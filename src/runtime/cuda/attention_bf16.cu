@@ -40,7 +40,6 @@ struct Tiling {
   static constexpr int kPvChannels = kRows * kHeadDim / kThreads / kPvRows;
   static constexpr int kChannelGroups = kHeadDim / kPvChannels;
   static constexpr int kRowsPerWarp = kRows / kWarps;  // softmax
-  static constexpr int kLoadUnits = kKeyTile * kHeadDim / 8 / kThreads;  // 16-byte K and V loads per thread
   static constexpr int kVStride = kHeadDim + 4;        // keeps float4 rows 16-byte aligned, banks spread
   static constexpr int kSStride = kKeyTile + 1;
   // Shared memory, in floats: Q^T [d][rows], K^T [d][keys], V [keys][d + 4], S/P [rows][keys + 1],
@@ -50,7 +49,6 @@ struct Tiling {
   static constexpr size_t kSharedBytes = sizeof(float) * (size_t(kQ) + kK + kV + kS + 3 * kRows);
   static_assert((kRows / kQkRows) * kKeyGroups == kThreads && (kRows / kPvRows) * kChannelGroups == kThreads,
                 "every thread owns one S tile and one O tile");
-  static_assert(kLoadUnits * kThreads * 8 == kKeyTile * kHeadDim, "the threads load a K/V tile exactly");
 };
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -121,33 +119,19 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a, St
   const int pv_channel0 = threadIdx.x % T::kChannelGroups * T::kPvChannels;
   float acc[T::kPvRows][T::kPvChannels] = {};
 
-  // The next tile's K and V wait in registers while this tile is computed (the loads' latency,
-  // not bandwidth, bounds a tile loop without prefetch). Lanes take consecutive keys so that the
-  // K^T stores hit distinct banks.
-  uint4 k_next[T::kLoadUnits], v_next[T::kLoadUnits];
-  auto fetch = [&](int tile) {
-#pragma unroll
-    for (int i = 0; i < T::kLoadUnits; ++i) {
-      const int u = threadIdx.x + i * kThreads;
-      const int key = u % kKeyTile, c8 = u / kKeyTile * 8, position = tile + key;
-      k_next[i] = v_next[i] = make_uint4(0, 0, 0, 0);
-      if (position < key_end) {
-        const int page = table[position / pool.page_size], slot = position % pool.page_size;
-        k_next[i] = *reinterpret_cast<const uint4*>(pool.base + pool.offset(a.layer, page, 0, kv_head, slot) + c8);
-        v_next[i] = *reinterpret_cast<const uint4*>(pool.base + pool.offset(a.layer, page, 1, kv_head, slot) + c8);
-      }
-    }
-  };
-  if (key_begin < key_end) fetch(key_begin);
-
   for (int tile = key_begin; tile < key_end; tile += kKeyTile) {
     __syncthreads();  // Q loaded / the previous tile's P V done
-#pragma unroll
-    for (int i = 0; i < T::kLoadUnits; ++i) {
-      const int u = threadIdx.x + i * kThreads;
-      const int key = u % kKeyTile, c8 = u / kKeyTile * 8;
-      const uint16_t* kh = reinterpret_cast<const uint16_t*>(&k_next[i]);
-      const uint16_t* vh = reinterpret_cast<const uint16_t*>(&v_next[i]);
+    // K^T and V of the tile; lanes take consecutive keys so the K^T stores hit distinct banks.
+    for (int u = threadIdx.x; u < kKeyTile * kHeadDim / 8; u += kThreads) {
+      const int key = u % kKeyTile, c8 = u / kKeyTile * 8, position = tile + key;
+      uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
+      if (position < key_end) {
+        const int page = table[position / pool.page_size], slot = position % pool.page_size;
+        kw = *reinterpret_cast<const uint4*>(pool.base + pool.offset(a.layer, page, 0, kv_head, slot) + c8);
+        vw = *reinterpret_cast<const uint4*>(pool.base + pool.offset(a.layer, page, 1, kv_head, slot) + c8);
+      }
+      const uint16_t* kh = reinterpret_cast<const uint16_t*>(&kw);
+      const uint16_t* vh = reinterpret_cast<const uint16_t*>(&vw);
       float v[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -159,7 +143,6 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a, St
       v_row[1] = make_float4(v[4], v[5], v[6], v[7]);
     }
     __syncthreads();
-    if (tile + kKeyTile < key_end) fetch(tile + kKeyTile);
 
     {  // S = Q K^T
       float s[T::kQkRows][T::kQkKeys] = {};
