@@ -72,9 +72,10 @@ __device__ __forceinline__ void stage_x(const KernelParams& p, uint8_t* x_shared
 
 // Split-K: adds this CTA's sums into the FP32 workspace ([token][prepared row]); the last split of
 // the tile pair to arrive applies the epilogue from the workspace and clears it (and the counter)
-// for the next launch.
+// for the next launch. Inlined (unlike the wgmma kernel's, no C7520 hazard here): a call would copy
+// the kernel parameters to local memory in every thread.
 template <int TokenTile>
-__device__ __noinline__ void decode_splitk_fixup(const KernelParams& p, float (&y)[TokenTile / 2], bool active,
+__device__ __forceinline__ void decode_splitk_fixup(const KernelParams& p, float (&y)[TokenTile / 2], bool active,
                                                  int tile, int slice, int lane) {
   __shared__ int last_split;
   const int row0 = tile * kTileRows + slice * 16 + lane / 4;
