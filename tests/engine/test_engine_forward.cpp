@@ -296,6 +296,36 @@ TEST(Engine, ReplacedLinearIsUsed) {
   EXPECT_THROW(engine.set_linear(2, LinearSite::kQ, nullptr), Error);
 }
 
+// Throws on its first call, then behaves as the float layer.
+class FailingOnceLinear final : public Linear {
+ public:
+  FailingOnceLinear(const FloatTensor& w) : Linear(w.shape[1], w.shape[0]), inner_(w, nullptr, "test") {}
+  void forward(const float* x, int tokens, float* y) const override {
+    if (!failed_) {
+      failed_ = true;
+      fail("simulated failure");
+    }
+    inner_.forward(x, tokens, y);
+  }
+
+ private:
+  FloatLinear inner_;
+  mutable bool failed_ = false;
+};
+
+TEST(Engine, FailedCallLeavesTheCacheAsItWas) {
+  const LlamaWeights w = random_model({}, 20);
+  const auto tokens = random_tokens(14, w.config.vocab_size, 12);
+  CpuEngine engine(w);
+  engine.forward(std::span(tokens).first(6), LogitsFor::kNone);
+  engine.set_linear(1, LinearSite::kUp, std::make_unique<FailingOnceLinear>(w.layers[1].w_up));
+  EXPECT_THROW(engine.forward(std::span(tokens).subspan(6, 4), LogitsFor::kAll), Error);  // layer 0 cached
+  EXPECT_EQ(engine.position(), 6);
+  const auto logits = engine.forward(std::span(tokens).subspan(6), LogitsFor::kAll);
+  const Matrix reference = reference_forward(w, tokens);
+  EXPECT_LT(max_relative_diff(logits, Matrix(reference.begin() + 6, reference.end())), 2e-5);
+}
+
 // Scales q by 2 and v by 0.5: the same as scaling W_q and W_v (RoPE is linear).
 class ScalingNumerics final : public AttentionNumerics {
  public:

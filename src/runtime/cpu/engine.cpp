@@ -250,6 +250,13 @@ std::vector<float> CpuEngine::forward(std::span<const int32_t> tokens, LogitsFor
     fail("forward: ", position_, " cached + ", n, " new tokens exceed the context of ", max_context_,
          " tokens");
   const size_t hidden = c.hidden_size;
+  // A call that threw half-way (bad token id, a failing Linear) may have cached some layers' keys:
+  // drop them, so that the engine is as it was before that call.
+  const size_t cached = static_cast<size_t>(position_) * c.kv_dim();
+  for (auto& layer : layers_) {
+    layer->keys.resize(cached);
+    layer->values.resize(cached);
+  }
   Scratch s;
   s.start = position_;
   s.residual.resize(n * hidden);
