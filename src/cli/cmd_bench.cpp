@@ -14,6 +14,7 @@
 #include "command.h"
 #include "fireq/engine.h"
 #include "fireq/error.h"
+#include "fireq/quant.h"
 #ifdef FIREQ_HAVE_CUDA_RUNTIME
 #include "fireq/cuda_engine.h"
 #include "fireq/safetensors.h"
@@ -21,10 +22,13 @@
 
 namespace fireq::cli {
 
-std::unique_ptr<Engine> device_engine(const std::string& device, const LlamaWeights& weights, int max_context,
-                                      int max_step_tokens) {
+std::unique_ptr<Engine> device_engine(const std::string& device, const std::string& model_path,
+                                      const LlamaWeights& weights, int max_context, int max_step_tokens) {
   if (device == "cpu") return nullptr;
   if (device != "cuda") fail("--device: '", device, "' is not a device (cpu, cuda)");
+  if (is_fireq_checkpoint(model_path))
+    fail("--device cuda: ", model_path, " is a FireQ checkpoint, and the CUDA engine runs only its BF16 path so far "
+         "(float checkpoints); use --device cpu for the checkpoint's simulated numerics");
 #ifdef FIREQ_HAVE_CUDA_RUNTIME
   if (cuda_device_count() == 0) fail("--device cuda: no CUDA GPU is present");
   return std::make_unique<CudaEngine>(weights, CudaEngineOptions{.max_context = max_context,

@@ -133,7 +133,8 @@ int run_generate(int argc, char** argv) {
   const auto load_start = Clock::now();
   EvaluationModel model(model_path);  // a float model, or a FireQ checkpoint with its numerics
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model.tokenizer_path());
-  const std::unique_ptr<Engine> gpu_engine = device_engine(args.str("device"), model.weights(), 0, 2048);
+  const std::unique_ptr<Engine> gpu_engine =
+      device_engine(args.str("device"), model_path, model.weights(), 0, 2048);
   Engine& engine = gpu_engine ? *gpu_engine : model.engine();
   const LlamaConfig& config = model.weights().config;
   std::fprintf(stderr, "[generate] %s: %d layers, hidden %d, vocab %d (%s), loaded in %.1f s\n",

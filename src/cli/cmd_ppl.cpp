@@ -74,7 +74,8 @@ int run_ppl(int argc, char** argv) {
   auto start = Clock::now();
   EvaluationModel model(model_path);  // a float model, or a FireQ checkpoint with its numerics
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model.tokenizer_path());
-  const std::unique_ptr<Engine> gpu_engine = device_engine(args.str("device"), model.weights(), options.seq_len, options.chunk);
+  const std::unique_ptr<Engine> gpu_engine =
+      device_engine(args.str("device"), model_path, model.weights(), options.seq_len, options.chunk);
   Engine& engine = gpu_engine ? *gpu_engine : model.engine();
   const LlamaWeights& weights = model.weights();
   std::fprintf(stderr, "[ppl] %s (%s) loaded in %.1f s\n", model_path.c_str(),

@@ -17,9 +17,10 @@ namespace fireq::cli {
 
 // The engine `--device` names: null for "cpu" (the caller's CPU engine), a CUDA engine over
 // `weights` (BF16 path) for "cuda". Defined in cmd_bench.cpp, the CLI's CUDA code; fails for other
-// names and in builds without CUDA.
-std::unique_ptr<Engine> device_engine(const std::string& device, const LlamaWeights& weights, int max_context,
-                                      int max_step_tokens);
+// names, for FireQ checkpoints (model_path; the CUDA engine has no FireQ path yet) and in builds
+// without CUDA.
+std::unique_ptr<Engine> device_engine(const std::string& device, const std::string& model_path,
+                                      const LlamaWeights& weights, int max_context, int max_step_tokens);
 
 // Parsed "--flag value" / "--switch" arguments plus positionals, validated against a declared set
 // so that a misspelt flag is an error rather than silently ignored.
