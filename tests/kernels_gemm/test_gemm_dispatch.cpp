@@ -30,7 +30,7 @@ TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
     for (const int m : {1, 4, 16, 17, 64, 65, 256, 257, 1024, 16384}) {
       const GemmConfig c = choose_gemm_config(m, s[0], s[1], s[2], 132, true);
       const int groups = s[1] / s[2];
-      if (m <= kDecodeMaxM) {
+      if (m <= kDecodeDispatchMaxM) {
         EXPECT_EQ(c.kernel, GemmKernel::kDecodeMma) << "M=" << m << " N=" << s[0];
         EXPECT_TRUE(c.token_tile == 8 || c.token_tile == 16 || c.token_tile == 32 || c.token_tile == 64);
         EXPECT_GE(c.token_tile, m);

@@ -65,6 +65,10 @@ size_t splitk_counter_count(int max_m, int n);
 //    the weights), X's K slice staged once per CTA in shared memory; one CTA per (tile pair, K split).
 enum class GemmKernel { kWgmma, kDecodeMma };
 constexpr int kDecodeMaxM = 64;
+// The dispatch sends only M <= kDecodeDispatchMaxM to the decode kernel: measured on H100
+// (bench/results/gemm-decode-h100-2026-11-25.md) it is on par with the wgmma kernel at M <= 8 and
+// slower from M = 16 (its 32/64-token tiles re-stage X per CTA and pay split-K atomics).
+constexpr int kDecodeDispatchMaxM = 8;
 // The decode kernel's shared-memory budget for its X slice (M x K/splits bytes): two CTAs per SM
 // fit with room for L1; the dispatch splits K until the slice fits.
 constexpr int kDecodeXBudgetBytes = 72 * 1024;
@@ -85,7 +89,7 @@ struct GemmConfig {
   GemmKernel kernel = GemmKernel::kWgmma;
 };
 
-// The dispatch table (dispatch.cpp): M <= kDecodeMaxM runs the decode kernel (unless its X slice
+// The dispatch table (dispatch.cpp): M <= kDecodeDispatchMaxM runs the decode kernel (unless its X slice
 // cannot fit without a split-K workspace), else the wgmma kernel with a token tile by M; split-K so
 // that the weight stream covers the SMs. workspace_ok says whether the split-K workspace is large
 // enough for this M.

@@ -59,7 +59,7 @@ GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool
 GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   if (m <= 0 || n <= 0 || k <= 0 || group_size <= 0 || sm_count <= 0)
     fail("choose_gemm_config: bad shape M=", m, " N=", n, " K=", k, " group=", group_size);
-  if (m <= kDecodeMaxM) {
+  if (m <= kDecodeDispatchMaxM) {
     const GemmConfig decode = decode_config(m, n, k, group_size, sm_count, workspace_ok);
     if (decode.splits > 0) return decode;
   }
