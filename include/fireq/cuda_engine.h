@@ -65,7 +65,38 @@ struct CudaDeviceInfo {
 };
 CudaDeviceInfo cuda_device_info();  // of the current device
 
-class CudaEngine final : public Engine {
+// Several sequences sharing one engine, stepped together: what a serving scheduler drives.
+class BatchEngine {
+ public:
+  virtual ~BatchEngine() = default;
+  virtual int max_context() const = 0;
+  // A new empty sequence (its id), or -1 when no more may be alive at once.
+  virtual int add_sequence() = 0;
+  // Frees the sequence's KV pages at once; its id may be reused.
+  virtual void release_sequence(int sequence) = 0;
+  virtual int sequence_length(int sequence) const = 0;
+  // KV tokens still free (whole pages).
+  virtual int64_t free_kv_tokens() const = 0;
+  // Tokens one step may hold, all chunks together.
+  virtual int max_step_tokens() const = 0;
+  // KV pages: tokens per page, and the pool's size in tokens.
+  virtual int page_size() const = 0;
+  virtual int64_t kv_capacity_tokens() const = 0;
+
+  struct Chunk {
+    int sequence = 0;
+    std::span<const int32_t> tokens;  // appended at the sequence's current length
+  };
+  // Runs every chunk in one step; keeps the logits of each chunk's last token (row i: chunk i).
+  virtual void step(std::span<const Chunk> chunks) = 0;
+  // One token per chunk of the last step, with each chunk's sequence's sampling options. Rows
+  // whose `draw` is 0 take the argmax without consuming their random state (a prefill chunk that
+  // does not end its prompt); empty `draw`: every row draws.
+  virtual std::vector<int32_t> sample(std::span<const uint8_t> draw = {}) = 0;
+  virtual void set_sampling(int sequence, const SamplingOptions& options) = 0;
+};
+
+class CudaEngine final : public Engine, public BatchEngine {
  public:
   // Converts `weights` to BF16 on the GPU (the host copy is not kept).
   CudaEngine(const LlamaWeights& weights, const CudaEngineOptions& options = {});
@@ -79,39 +110,34 @@ class CudaEngine final : public Engine {
 
   const LlamaConfig& config() const override;
   const CudaMemoryPlan& memory_plan() const;
-  int max_context() const override;
+  int max_context() const override;  // Engine and BatchEngine
 
   // The Engine interface (engine.h), on a sequence the engine keeps for it.
   void reset() override;
   int position() const override;
   std::vector<float> forward(std::span<const int32_t> tokens, LogitsFor which) override;
 
-  // ----- Several sequences -----
-  // A new empty sequence (its id), or -1 when max_sequences are alive.
-  int add_sequence();
-  // Frees the sequence's KV pages at once; its id may be reused.
-  void release_sequence(int sequence);
-  int sequence_length(int sequence) const;
-  // KV tokens still free in the pool (whole pages).
-  int64_t free_kv_tokens() const;
+  // ----- Several sequences (BatchEngine) -----
+  int add_sequence() override;  // -1 when max_sequences are alive
+  void release_sequence(int sequence) override;
+  int sequence_length(int sequence) const override;
+  int64_t free_kv_tokens() const override;
+  int max_step_tokens() const override;
+  int page_size() const override;
+  int64_t kv_capacity_tokens() const override;
   // Whether `tokens` more tokens fit into `sequence` now (context and KV pages).
   bool can_grow(int sequence, int tokens) const;
 
-  struct Chunk {
-    int sequence = 0;
-    std::span<const int32_t> tokens;  // appended at the sequence's current length
-  };
-  // Runs every chunk in one step (one GEMM per linear over all their tokens). Keeps, on the GPU,
-  // the logits of each chunk's last token (row i for chunk i). Fails, before any work, when a
-  // chunk does not fit (context, KV pool, max_step_tokens), naming the sequence.
-  void step(std::span<const Chunk> chunks);
+  // One GEMM per linear over all the chunks' tokens; the logits rows stay on the GPU. Fails,
+  // before any work, when a chunk does not fit (context, KV pool, max_step_tokens), naming the
+  // sequence.
+  void step(std::span<const Chunk> chunks) override;
   // The logits rows the last step kept, copied to the host: [chunks, vocab].
   std::vector<float> last_logits() const;
-  // One token per chunk of the last step, drawn on the GPU with each chunk's sequence's sampling
-  // options (set_sampling; greedy by default). Same options, seed and logits give the same tokens
-  // as fireq::Sampler up to the order of floating-point sums.
-  std::vector<int32_t> sample();
-  void set_sampling(int sequence, const SamplingOptions& options);
+  // Drawn on the GPU (set_sampling; greedy by default). Same options, seed and logits give the
+  // same tokens as fireq::Sampler up to the order of floating-point sums.
+  std::vector<int32_t> sample(std::span<const uint8_t> draw = {}) override;
+  void set_sampling(int sequence, const SamplingOptions& options) override;
 
   // Waits for the GPU (for timing).
   void synchronize() const;
@@ -126,6 +152,62 @@ class CudaEngine final : public Engine {
   struct Impl;
   explicit CudaEngine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+// ----- Serving: generation requests over a BatchEngine -----
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int max_new_tokens = 64;
+  SamplingOptions sampling;
+  std::vector<int32_t> stop_tokens;  // generation ends with (and reports) the first of these
+};
+
+struct GeneratedToken {
+  int request = 0;
+  int32_t token = 0;
+  bool last = false;  // the request ended with this token (stop token or max_new_tokens)
+};
+
+struct SchedulerOptions {
+  int prefill_chunk = 512;  // prompt tokens of one request per step at most (chunked prefill)
+};
+
+// Continuous batching with chunked prefill. Each step gives every decoding request its next token,
+// then fills the rest of the engine's step budget with prompt chunks, oldest request first, and
+// admits waiting requests (first come, first served) while budget and KV remain. A request is
+// admitted only when its whole length (prompt + max_new_tokens, in pages) fits the KV not yet
+// promised to running requests, so a running request never stalls for KV; until then it waits. A
+// finished request's sequence is released at once. A request that could never fit (longer than the
+// context or the whole pool) is refused by submit() with the numbers.
+class Scheduler {
+ public:
+  explicit Scheduler(BatchEngine& engine, const SchedulerOptions& options = {});
+  int submit(GenerationRequest request);  // its id: 0, 1, ...
+  std::vector<GeneratedToken> step();     // one engine step (nothing when idle)
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+  int waiting() const { return static_cast<int>(waiting_.size()); }
+  int running() const { return static_cast<int>(running_.size()); }
+
+ private:
+  struct Active {
+    GenerationRequest request;
+    int id = 0;
+    int sequence = -1;
+    int prefilled = 0;       // prompt tokens in the cache
+    int generated = 0;
+    int32_t next_token = 0;  // the last generated token, fed at the next decode
+    int64_t reserved_pages = 0;
+  };
+  int64_t pages(int64_t tokens) const;
+  int64_t promised_pages() const;  // reserved by running requests and not yet allocated
+  bool admit_front();
+
+  BatchEngine& engine_;
+  SchedulerOptions options_;
+  std::vector<std::unique_ptr<Active>> running_;  // admission order; pointers stay put
+  std::vector<std::unique_ptr<Active>> waiting_;
+  int next_id_ = 0;
 };
 
 }  // namespace fireq

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 
 #include "fireq/cuda_engine.h"
@@ -309,6 +310,37 @@ TEST(CudaEngine, RefusesWhatDoesNotFit) {
   EXPECT_THROW(engine.step(std::span(&past_context, 1)), Error);
   engine.release_sequence(a);
   EXPECT_TRUE(engine.can_grow(b, 200));
+}
+
+TEST(CudaEngine, SchedulerMatchesRequestsRunAlone) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(false);
+  const LlamaWeights weights = random_model(config, 71);
+  CudaEngine engine(weights, small_options());
+  Scheduler scheduler(engine, {.prefill_chunk = 64});
+  const int prompt_lengths[] = {5, 70, 300, 33}, new_tokens[] = {8, 3, 6, 10};
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 4; ++i)
+    requests.push_back({.prompt = random_tokens(prompt_lengths[i], config.vocab_size, 80 + i),
+                        .max_new_tokens = new_tokens[i]});
+  for (int i = 0; i < 3; ++i) scheduler.submit(requests[i]);
+  std::map<int, std::vector<int32_t>> out;
+  for (int step = 0; !scheduler.idle(); ++step) {
+    if (step == 2) scheduler.submit(requests[3]);  // joins while the others run
+    for (const GeneratedToken& g : scheduler.step()) out[g.request].push_back(g.token);
+    ASSERT_LT(step, 200);
+  }
+  for (int i = 0; i < 4; ++i) {
+    CudaEngine alone(weights, small_options());
+    std::vector<int32_t> expected;
+    std::vector<float> logits = alone.forward(requests[i].prompt, LogitsFor::kLast);
+    for (int t = 0; t < requests[i].max_new_tokens; ++t) {
+      expected.push_back(argmax(std::span(logits)));
+      logits = alone.forward(std::span(&expected.back(), 1), LogitsFor::kLast);
+    }
+    EXPECT_EQ(out[i], expected) << "request " << i;
+  }
+  EXPECT_EQ(engine.free_kv_tokens(), engine.kv_capacity_tokens());
 }
 
 // ----- Sampling on the GPU -----

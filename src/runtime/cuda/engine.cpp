@@ -578,6 +578,10 @@ void CudaEngine::release_sequence(int sequence) {
 
 int CudaEngine::sequence_length(int sequence) const { return impl_->sequence(sequence).length; }
 
+int CudaEngine::max_step_tokens() const { return impl_->options.max_step_tokens; }
+int CudaEngine::page_size() const { return impl_->options.page_size; }
+int64_t CudaEngine::kv_capacity_tokens() const { return impl_->plan.kv_tokens(); }
+
 int64_t CudaEngine::free_kv_tokens() const {
   return static_cast<int64_t>(impl_->free_pages.size()) * impl_->options.page_size;
 }
@@ -606,17 +610,20 @@ void CudaEngine::set_sampling(int sequence, const SamplingOptions& options) {
   FIREQ_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));  // the source is on this stack
 }
 
-std::vector<int32_t> CudaEngine::sample() {
+std::vector<int32_t> CudaEngine::sample(std::span<const uint8_t> draw) {
   Impl& m = *impl_;
   const int rows = static_cast<int>(m.last_step_sequences.size());
   if (rows == 0 || m.last_logit_rows != rows)
     fail("CUDA engine: sample() needs the logits of a step() (one row per chunk)");
+  if (!draw.empty() && static_cast<int>(draw.size()) != rows)
+    fail("CUDA engine: sample() got ", draw.size(), " draw flags for ", rows, " rows");
   bool any_random = false;
   for (int r = 0; r < rows; ++r) {
     const SamplingOptions& o = m.sequences[m.last_step_sequences[r]].sampling;
-    m.host_row_options[r] = {.slot = m.last_step_sequences[r], .temperature = o.temperature,
+    const double temperature = draw.empty() || draw[r] ? o.temperature : 0.0;
+    m.host_row_options[r] = {.slot = m.last_step_sequences[r], .temperature = temperature,
                              .top_k = o.top_k, .top_p = o.top_p};
-    any_random |= o.temperature > 0;
+    any_random |= temperature > 0;
   }
   FIREQ_CUDA_CHECK(cudaMemsetAsync(m.nan_rows, 0, sizeof(int), m.stream));
   argmax_rows(m.logits, rows, m.config.vocab_size, m.sampled, m.nan_rows, m.stream);
