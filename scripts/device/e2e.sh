@@ -4,7 +4,10 @@
 # `fireq bench` on Llama shapes and the Hugging Face peers in the same call, merged into
 # $OUT/e2e.json / e2e.md. Binaries come prebuilt in build-gpu/bin (carried) with the host
 # libraries they need that the device image lacks (build-gpu/devlibs.tar.xz: OpenBLAS, libgfortran,
-# yaml-cpp, sentencepiece), carried too.
+# yaml-cpp, sentencepiece), carried too; make it once with
+#   mkdir -p /tmp/devlibs && cp -L /lib/x86_64-linux-gnu/{libopenblas.so.0,libgfortran.so.5,libquadmath.so.0,\
+#     libyaml-cpp.so.0.7,libsentencepiece.so.0} /tmp/devlibs && tar -C /tmp -cJf build-gpu/devlibs.tar.xz devlibs
+# and call with carry ["build-gpu/bin/fireq", "build-gpu/bin/runtime_cuda_engine_test", "build-gpu/devlibs.tar.xz"].
 #   E2E_PARTS=tests,sanitizer,bench,peers (default: all)   E2E_BENCH_ARGS: extra `fireq bench` flags
 #   E2E_FALLBACK=path/to/fireq: benchmark with this binary instead when the GPU tests fail
 #   E2E_EXTRA_SHAPES=1: also llama2-7b (short) and llama3-70b (refused in BF16) after the main bench
