@@ -30,7 +30,7 @@ ROWS=(
   "fireq-default|fireq-default|+ post-RoPE scaling (beta 8, top_k 8) = full FireQ, published settings"
   "w4a16|recipes/ablation/w4a16.yaml|W4A16 (INT4 g128 FP8 scales, per-tensor scale, BF16 activations)"
   "kv4-only|kv4|KV4 only (INT4 K/V with FP8 scales, FP8 queries)"
-  "fireq-smollm2|fireq-smollm2|full FireQ tuned for SmolLM2-135M (recipes/fireq-smollm2.yaml)"
+  "fireq-smollm2|recipes/fireq-smollm2.yaml|full FireQ tuned for SmolLM2-135M (g64, BF16 K/V scales)"
 )
 
 [ -x "$FIREQ" ] || { echo "ablation: $FIREQ not found (build first: bash scripts/setup.sh)" >&2; exit 1; }

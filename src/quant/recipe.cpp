@@ -328,9 +328,22 @@ std::string recipe_to_json(const QuantRecipe& r) {
   return j.dump(2);
 }
 
+namespace {
+
+void use_block_style(YAML::Node node) {
+  if (!node.IsMap() && !node.IsSequence()) return;
+  // Short lists (skip_layers) stay on one line.
+  node.SetStyle(node.IsSequence() ? YAML::EmitterStyle::Flow : YAML::EmitterStyle::Block);
+  if (node.IsMap())
+    for (auto entry : node) use_block_style(entry.second);
+}
+
+}  // namespace
+
 std::string recipe_to_yaml(const QuantRecipe& recipe) {
   // JSON is a subset of YAML; re-emit it in block style for people.
-  const YAML::Node node = YAML::Load(recipe_to_json(recipe));
+  YAML::Node node = YAML::Load(recipe_to_json(recipe));
+  use_block_style(node);
   YAML::Emitter out;
   out << node;
   return std::string(out.c_str()) + "\n";
