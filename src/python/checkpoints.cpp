@@ -60,14 +60,15 @@ json quantize(const QuantizeRequest& request) {
     if (request.verbose) std::fprintf(stderr, "[fireq quantize] %s\n", line.c_str());
   };
   const auto start = std::chrono::steady_clock::now();
+  // The calibration text is read first so that a wrong path fails before the (long) weight load.
+  const fs::path text_path = request.calib_text.value_or(recipe.calib_text);
+  const std::string text = recipe.needs_calibration() ? read_text_file(text_path, "calibration text") : "";
   const LlamaWeights weights = load_llama_weights(request.model);
   log("loaded " + request.model.string() + " (" + weights.source_description + ")");
 
   std::vector<int32_t> calibration;
   if (recipe.needs_calibration()) {
-    const fs::path text_path = request.calib_text.value_or(recipe.calib_text);
-    const std::vector<int32_t> tokens =
-        load_tokenizer(request.model)->encode(read_text_file(text_path, "calibration text"), false);
+    const std::vector<int32_t> tokens = load_tokenizer(request.model)->encode(text, false);
     calibration = calibration_windows(tokens, recipe.calib_samples, recipe.calib_seq_len, text_path.string());
     log("calibration: " + std::to_string(recipe.calib_samples) + " x " + std::to_string(recipe.calib_seq_len) +
         " tokens from " + text_path.string());
