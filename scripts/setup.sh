@@ -13,7 +13,7 @@ log() { printf '[setup] %s\n' "$*"; }
 
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config git unzip bzip2 python3-venv
               libopenblas-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
-              libsentencepiece-dev libyaml-cpp-dev)
+              libsentencepiece-dev libyaml-cpp-dev python3-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
