@@ -23,7 +23,7 @@ QuantRecipe tiny_fireq_recipe() {
   return r;
 }
 
-struct Fixture : ::testing::Test {
+struct QuantModel : ::testing::Test {
   LlamaWeights model = testing::tiny_llama(7);
   std::mt19937 rng{99};
   std::vector<int32_t> calib = testing::random_tokens(3 * 24, 97, rng);
@@ -52,7 +52,7 @@ struct Fixture : ::testing::Test {
   }
 };
 
-TEST_F(Fixture, NoneRecipeKeepsTheModelUpToBf16Weights) {
+TEST_F(QuantModel, NoneRecipeKeepsTheModelUpToBf16Weights) {
   const QuantizedModel q = quantize_model(model, load_recipe("none"), {});
   EvaluationModel sim(q);
   const double err = relative_error(logits(sim.engine()), float_logits());
@@ -60,7 +60,7 @@ TEST_F(Fixture, NoneRecipeKeepsTheModelUpToBf16Weights) {
   EXPECT_LT(err, 0.02);
 }
 
-TEST_F(Fixture, FullFireqStaysCloseToFloatAndEachPartChangesTheNumerics) {
+TEST_F(QuantModel, FullFireqStaysCloseToFloatAndEachPartChangesTheNumerics) {
   const std::vector<float> reference = float_logits();
   QuantRecipe recipe = tiny_fireq_recipe();
   std::vector<std::string> log;
@@ -84,7 +84,7 @@ TEST_F(Fixture, FullFireqStaysCloseToFloatAndEachPartChangesTheNumerics) {
 // After folding, the calibration keys of each block have pair norms <= alpha (= alpha at the
 // maximum) on the pairs pre-RoPE scaling covers and |k| = beta on the post-RoPE channels, up to
 // the INT4 weights' error. Block 1 is observed on the output of the quantized block 0.
-TEST_F(Fixture, CalibratedKeysReachAlphaAndBeta) {
+TEST_F(QuantModel, CalibratedKeysReachAlphaAndBeta) {
   QuantRecipe recipe = tiny_fireq_recipe();
   recipe.pre_rope_alpha = 5;
   recipe.post_rope_beta = 3;
@@ -121,7 +121,7 @@ TEST_F(Fixture, CalibratedKeysReachAlphaAndBeta) {
   }
 }
 
-TEST_F(Fixture, CheckpointRoundTripsExactlyAndIsRecognised) {
+TEST_F(QuantModel, CheckpointRoundTripsExactlyAndIsRecognised) {
   QuantRecipe recipe = tiny_fireq_recipe();
   recipe.skip_layers = {1};
   const QuantizedModel q = quantize_model(model, recipe, calib);
@@ -159,7 +159,7 @@ TEST_F(Fixture, CheckpointRoundTripsExactlyAndIsRecognised) {
   fs::remove_all(dir);
 }
 
-TEST_F(Fixture, FailedSaveLeavesNothingBehind) {
+TEST_F(QuantModel, FailedSaveLeavesNothingBehind) {
   const QuantizedModel q = quantize_model(model, load_recipe("w4a8"), {});
   const fs::path dir = temp_dir("failed");
   SaveOptions options;
@@ -170,7 +170,7 @@ TEST_F(Fixture, FailedSaveLeavesNothingBehind) {
     EXPECT_EQ(entry.path().filename().string().find("." + dir.filename().string() + ".partial"), std::string::npos);
 }
 
-TEST_F(Fixture, BrokenCheckpointsAreRefusedWithTheProblemNamed) {
+TEST_F(QuantModel, BrokenCheckpointsAreRefusedWithTheProblemNamed) {
   const QuantizedModel q = quantize_model(model, load_recipe("w4a8"), {});
   const fs::path dir = temp_dir("broken");
   save_quantized_checkpoint(q, dir, {});
@@ -200,7 +200,7 @@ TEST_F(Fixture, BrokenCheckpointsAreRefusedWithTheProblemNamed) {
   fs::remove_all(dir);
 }
 
-TEST_F(Fixture, BadModelsAreRefusedWithTheTensorNamed) {
+TEST_F(QuantModel, BadModelsAreRefusedWithTheTensorNamed) {
   LlamaWeights bad = model;
   bad.layers[1].w_up.data[17] = std::nanf("");
   try {
@@ -234,7 +234,7 @@ namespace fireq {
 namespace {
 
 // A GGUF source's tokenizer is copied into tokenizer.gguf; it must give the source's ids.
-TEST_F(Fixture, GgufTokenizerIsCopiedIntoTheCheckpoint) {
+TEST_F(QuantModel, GgufTokenizerIsCopiedIntoTheCheckpoint) {
   const fs::path gguf = fs::path(FIREQ_SOURCE_DIR) / "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!fs::exists(gguf)) GTEST_SKIP() << gguf << " not present (scripts/setup.sh fetches it)";
   const QuantizedModel q = quantize_model(model, load_recipe("w4a8"), {});
