@@ -36,7 +36,7 @@ def test_generation_matches_the_cli(real_model, real_model_path):
     if not cli or not os.path.exists(cli):
         pytest.skip("FIREQ_CLI (the fireq executable) not built")
     out = subprocess.run([cli, "generate", "--model", str(real_model_path), "--prompt", PROMPT,
-                          "--max-new-tokens", "8", "--threads", "2"],
+                          "--max-new-tokens", "8"],
                          capture_output=True, text=True, check=True).stdout
     assert out == real_model.generate(PROMPT, max_new_tokens=8) + "\n"
 
