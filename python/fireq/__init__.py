@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from . import _fireq
-from ._fireq import Error, Tokenizer, TextStream, load_tokenizer, recipe_names
+from ._fireq import Error, Tokenizer, TextStream, __version__, load_tokenizer, recipe_names
 
 __all__ = [
     "Error", "Tokenizer", "TextStream", "Model", "load_tokenizer", "quantize", "inspect",

@@ -113,6 +113,10 @@ def test_inspect_bad_input(tmp_path):
         fireq.inspect(garbage)
 
 
+def test_version():
+    assert fireq.__version__.count(".") == 2
+
+
 def test_recipes():
     assert {"fireq-default", "w4a8", "kv4", "none"} <= set(fireq.recipe_names())
     assert "group_size: 128" in fireq.recipe_yaml("fireq-default")

@@ -8,6 +8,7 @@
 NB_MODULE(_fireq, m) {
   namespace nb = nanobind;
   m.doc() = "FireQ C++ core: INT4/FP8 numerics, the CPU reference engine, quantizer and checkpoints";
+  m.attr("__version__") = FIREQ_VERSION;
   nb::exception<fireq::Error>(m, "Error", PyExc_ValueError);
   fireq::python::bind_numerics(m);
   fireq::python::bind_model(m);
