@@ -1,7 +1,7 @@
 // Times the attention kernels on the device: split-KV decode over a paged INT4 cache (GB/s on the
 // KV bytes against the HBM bandwidth measured in the same run), the fused RoPE/quantize/cache
 // write, and causal prefill (TFLOP/s). Llama-3-8B heads: 32 q / 8 kv, d = 128.
-// Usage: bench_attention <out.json>. The peers run in the same device call (peers_torch_fbgemm.py)
+// Usage: bench_attention <out.json>. The peers run in the same device call (bench/peers/torch_fbgemm_peers.py)
 // and merge_results.py joins both files.
 #include <cuda_runtime.h>
 
@@ -13,12 +13,15 @@
 #include <string>
 #include <vector>
 
+#include "../common/graph_timing.h"
 #include "fireq/cuda_check.h"
 #include "fireq/kernels/attention.h"
 
 namespace fa = fireq::attention;
 
 namespace {
+
+using fireq::bench::graph_median_us;
 
 constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128;
 constexpr int64_t kRotateBytes = 256LL << 20;  // rotate over >= 256 MB of cache: no L2 reuse (50 MB)
@@ -60,39 +63,6 @@ T* device_alloc(int64_t count) {
   T* p = nullptr;
   FIREQ_CUDA_CHECK(cudaMalloc(&p, std::max<int64_t>(count, 1) * sizeof(T)));
   return p;
-}
-
-// Median µs per call of `body` (which launches `calls_per_graph` calls) from graph replays.
-template <typename Body>
-double graph_median_us(Body&& body, int calls_per_graph, cudaStream_t stream) {
-  body();  // warm-up, outside the graph
-  FIREQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  FIREQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  body();
-  FIREQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  FIREQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  cudaEvent_t start, stop;
-  FIREQ_CUDA_CHECK(cudaEventCreate(&start));
-  FIREQ_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> times;
-  for (int i = 0; i < 11; ++i) {
-    FIREQ_CUDA_CHECK(cudaEventRecord(start, stream));
-    FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    FIREQ_CUDA_CHECK(cudaEventRecord(stop, stream));
-    FIREQ_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    FIREQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms * 1e3 / calls_per_graph);
-  }
-  FIREQ_CUDA_CHECK(cudaEventDestroy(start));
-  FIREQ_CUDA_CHECK(cudaEventDestroy(stop));
-  FIREQ_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  FIREQ_CUDA_CHECK(cudaGraphDestroy(graph));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
 }
 
 struct HbmBandwidth {

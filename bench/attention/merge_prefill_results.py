@@ -1,4 +1,4 @@
-"""Joins bench_attention --prefill-suite's JSON with the prefill peers' (peers_torch_fbgemm.py with
+"""Joins bench_attention --prefill-suite's JSON with the prefill peers' (bench/peers/torch_fbgemm_peers.py with
 PARTS=prefill, same device call) into bench/results/attention-prefill-<device>-<date>[-<tag>].json
 (schema: ../shared/BENCH_RESULTS.md) and a markdown table beside it.
 

@@ -1,4 +1,4 @@
-"""Joins bench_attention's JSON with the peers' (peers_torch_fbgemm.py, same device call) into
+"""Joins bench_attention's JSON with the peers' (bench/peers/torch_fbgemm_peers.py, same device call) into
 bench/results/attention-<device>-<date>.json (schema: ../shared/BENCH_RESULTS.md) and a markdown table.
 
 usage: merge_results.py OURS.json PEERS.json OUT_DIR --commit SHA --command CMD [--date YYYY-MM-DD]

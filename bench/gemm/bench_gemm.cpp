@@ -19,13 +19,14 @@
 #include <vector>
 
 #include "../../tests/kernels_gemm/gpu_buffers.h"
+#include "../common/graph_timing.h"
 #include "fireq/cuda_check.h"
 #include "fireq/kernels/gemm.h"
 #include "fireq/numerics.h"
 
 using namespace fireq;
 using namespace fireq::gemm;
-using fireq::gemm::testing::DeviceBuffer;
+using fireq::testing::DeviceBuffer;
 
 void launch_read_stream(const void* data, size_t bytes, uint32_t* sink, int sm_count, cudaStream_t stream);
 
@@ -41,34 +42,7 @@ cudaStream_t g_stream;
 
 // Median microseconds per launch of fn(i), i rotating over buffers, from a graph of `reps` launches.
 double time_us(const std::function<void(int)>& fn, int reps) {
-  for (int i = 0; i < 3; ++i) fn(i);
-  FIREQ_CUDA_CHECK(cudaStreamSynchronize(g_stream));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  FIREQ_CUDA_CHECK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
-  for (int r = 0; r < reps; ++r) fn(r);
-  FIREQ_CUDA_CHECK(cudaStreamEndCapture(g_stream, &graph));
-  FIREQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, g_stream));
-  cudaEvent_t start, stop;
-  FIREQ_CUDA_CHECK(cudaEventCreate(&start));
-  FIREQ_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> times;
-  for (int i = 0; i < 11; ++i) {
-    FIREQ_CUDA_CHECK(cudaEventRecord(start, g_stream));
-    FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, g_stream));
-    FIREQ_CUDA_CHECK(cudaEventRecord(stop, g_stream));
-    FIREQ_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    FIREQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms * 1e3 / reps);
-  }
-  FIREQ_CUDA_CHECK(cudaEventDestroy(start));
-  FIREQ_CUDA_CHECK(cudaEventDestroy(stop));
-  FIREQ_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  FIREQ_CUDA_CHECK(cudaGraphDestroy(graph));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return fireq::bench::graph_median_us([&] { for (int r = 0; r < reps; ++r) fn(r); }, reps, g_stream);
 }
 
 int reps_for(int m) { return m <= 256 ? 50 : (m <= 1024 ? 20 : 5); }
@@ -76,7 +50,7 @@ int buffers_for(size_t bytes) { return static_cast<int>(std::clamp<size_t>((256u
 
 void random_bytes(DeviceBuffer<uint8_t>& b, uint64_t seed, uint8_t mask = 0xFF, uint8_t add = 0) {
   std::vector<uint8_t> h(b.size());
-  for (auto& v : h) v = static_cast<uint8_t>((testing::next_random(seed) & mask) + add);
+  for (auto& v : h) v = static_cast<uint8_t>((gemm::testing::next_random(seed) & mask) + add);
   b.upload(h);
 }
 
@@ -84,7 +58,7 @@ void random_bytes(DeviceBuffer<uint8_t>& b, uint64_t seed, uint8_t mask = 0xFF, 
 void random_fp8(DeviceBuffer<uint8_t>& b, uint64_t seed) {
   std::vector<uint8_t> h(b.size());
   for (auto& v : h) {
-    const uint64_t r = testing::next_random(seed);
+    const uint64_t r = gemm::testing::next_random(seed);
     v = static_cast<uint8_t>((r & 0x80) | ((4 + (r >> 8) % 7) << 3) | ((r >> 16) & 7));
   }
   b.upload(h);
@@ -92,7 +66,7 @@ void random_fp8(DeviceBuffer<uint8_t>& b, uint64_t seed) {
 
 void random_bf16(DeviceBuffer<uint16_t>& b, uint64_t seed) {
   std::vector<uint16_t> h(b.size());
-  for (auto& v : h) v = bf16_from_float(static_cast<float>(static_cast<int64_t>(testing::next_random(seed) % 2001) - 1000) * 1e-3f);
+  for (auto& v : h) v = bf16_from_float(static_cast<float>(static_cast<int64_t>(gemm::testing::next_random(seed) % 2001) - 1000) * 1e-3f);
   b.upload(h);
 }
 

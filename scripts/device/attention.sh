@@ -49,5 +49,5 @@ if [[ "${ATTN_PEERS:-1}" == 1 ]]; then
   echo "== peers"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/fbgemm_gpu_genai-*.whl .whl/nvidia_cudnn_frontend-*.whl && export PYTHONPATH=/tmp/site
-  PYTHONUNBUFFERED=1 PARTS=decode,prefill OUT="$out" python3 bench/attention/peers_torch_fbgemm.py 2>&1 | tee "$out/peers.log" | grep -v "^ERROR" | tail -30
+  PYTHONUNBUFFERED=1 PARTS=decode,prefill OUT="$out" python3 bench/peers/torch_fbgemm_peers.py 2>&1 | tee "$out/peers.log" | grep -v "^ERROR" | tail -30
 fi

@@ -50,6 +50,6 @@ if [[ "${PREFILL_PEERS:-1}" == 1 ]]; then
   echo "== peers"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/fbgemm_gpu_genai-*.whl .whl/nvidia_cudnn_frontend-*.whl && export PYTHONPATH=/tmp/site
-  PYTHONUNBUFFERED=1 PARTS=prefill OUT="$out" timeout 150 python3 bench/attention/peers_torch_fbgemm.py 2>&1 |
+  PYTHONUNBUFFERED=1 PARTS=prefill OUT="$out" timeout 150 python3 bench/peers/torch_fbgemm_peers.py 2>&1 |
     tee "$out/peers.log" | grep -v "^ERROR" | tail -20
 fi

@@ -27,7 +27,7 @@ echo "bench rc=$?"
 if ls .whl/fbgemm_gpu_genai-*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/fbgemm_gpu_genai-*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PARTS=gemm GEMM_M=1,4,16,32,64 \
-    timeout 80 python3 bench/gemm/peers/torch_fbgemm_peers.py > "$OUT/fbgemm.log" 2>&1
+    timeout 80 python3 bench/peers/torch_fbgemm_peers.py > "$OUT/fbgemm.log" 2>&1
   echo "fbgemm rc=$?"
 fi
 

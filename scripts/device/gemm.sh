@@ -30,11 +30,11 @@ if [[ $MODE == bench || $MODE == all ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       .whl/fbgemm_gpu_genai-*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PARTS=gemm \
       GEMM_M=${FBGEMM_M:-1,4,16,32,64,128,256,512,1024,2048,4096,8192,16384} \
-      timeout 240 python3 bench/gemm/peers/torch_fbgemm_peers.py > "$OUT/fbgemm.log" 2>&1
+      timeout 240 python3 bench/peers/torch_fbgemm_peers.py > "$OUT/fbgemm.log" 2>&1
     echo "fbgemm rc=$?"
   fi
   if [[ -x .peers/ex55/ex55_i4f8 ]]; then
-    timeout 150 bash bench/gemm/peers/cutlass_ex55_int4fp8.sh .peers/ex55/ex55_i4f8 > "$OUT/ex55.log" 2>&1
+    timeout 150 bash bench/peers/cutlass_ex55_int4fp8.sh .peers/ex55/ex55_i4f8 > "$OUT/ex55.log" 2>&1
     echo "ex55 rc=$?"
   fi
 fi

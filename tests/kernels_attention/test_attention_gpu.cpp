@@ -6,19 +6,19 @@
 #include <cstring>
 #include <random>
 
-#include "device_buffer.h"
+#include "../support/device_buffer.h"
 #include "fireq/error.h"
 #include "problem.h"
 
 namespace fireq::attention {
 namespace {
 
-using testing::DeviceBuffer;
+using fireq::testing::DeviceBuffer;
 using testing::HostProblem;
 using testing::ProblemSpec;
 
 #define SKIP_WITHOUT_GPU() \
-  if (!testing::gpu_present()) GTEST_SKIP() << "no CUDA device"
+  if (!fireq::testing::gpu_present()) GTEST_SKIP() << "no CUDA device"
 
 uint32_t fresh_seed() { return std::random_device{}(); }
 

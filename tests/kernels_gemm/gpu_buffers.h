@@ -1,4 +1,4 @@
-// Small helpers shared by the GEMM's GPU test and bench: an owning device buffer and a fast
+// Small helpers shared by the GEMM's GPU test and bench: the shared device buffer and a fast
 // random fill for canonical INT4 weights (the kernel does not care how the codes were made).
 #pragma once
 
@@ -8,45 +8,13 @@
 #include <cstring>
 #include <vector>
 
+#include "../support/device_buffer.h"
 #include "fireq/cuda_check.h"
 #include "fireq/kernels/gemm_reference.h"
 
 namespace fireq::gemm::testing {
 
-template <typename T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t count) : count_(count) {
-    if (count) FIREQ_CUDA_CHECK(cudaMalloc(&ptr_, count * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), count_(o.count_) { o.ptr_ = nullptr; o.count_ = 0; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(ptr_, o.ptr_);
-    std::swap(count_, o.count_);
-    return *this;
-  }
-  ~DeviceBuffer() { if (ptr_) cudaFree(ptr_); }
-
-  T* get() const { return ptr_; }
-  size_t size() const { return count_; }
-  void upload(const std::vector<T>& host) {
-    FIREQ_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> host(count_);
-    FIREQ_CUDA_CHECK(cudaMemcpy(host.data(), ptr_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-  void fill_bytes(int byte) { FIREQ_CUDA_CHECK(cudaMemset(ptr_, byte, count_ * sizeof(T))); }
-
- private:
-  T* ptr_ = nullptr;
-  size_t count_ = 0;
-};
+using fireq::testing::DeviceBuffer;
 
 // splitmix64: fast, good enough to make random weight codes.
 inline uint64_t next_random(uint64_t& state) {

@@ -17,15 +17,11 @@
 namespace fireq::gemm {
 namespace {
 
-using testing::DeviceBuffer;
+using fireq::testing::DeviceBuffer;
 
-bool have_gpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
 
 #define SKIP_WITHOUT_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
+  if (!fireq::testing::gpu_present()) GTEST_SKIP() << "no CUDA device"
 
 constexpr uint16_t kPoison = 0xFFFF;  // BF16 NaN: any element the kernel does not write stays NaN
 
