@@ -276,6 +276,21 @@ TEST(AttentionGpu, Fp8WgmmaPrefillMatchesReference) {
   }
 }
 
+// Small FP8 wgmma cases for compute-sanitizer (memcheck, racecheck): a prefix, a partial tile, GQA
+// 9/3 at d = 64, several tiles per CTA so that the stages wrap and the consumers take turns.
+TEST(AttentionGpu, Fp8WgmmaPrefillSmallCases) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<AttentionCase> cases = {
+      {"prefix_partial_tiles", 4, 2, 128, 16, {520}, {300}},
+      {"smollm2_d64_two_seqs", 3, 1, 64, 32, {400, 77}, {400, 77}},
+  };
+  for (const AttentionCase& c : cases) {
+    std::printf("  %s\n", c.name);
+    run_attention_case(c, Kernel::prefill_fp8_three_stage);
+    run_attention_case(c, Kernel::prefill_fp8_serial);
+  }
+}
+
 TEST(AttentionGpu, LaunchersRejectBadShapes) {
   SKIP_WITHOUT_GPU();
   ProblemSpec spec;

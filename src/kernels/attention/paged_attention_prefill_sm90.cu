@@ -44,6 +44,8 @@ constexpr int kThreads = 3 * 128;
 constexpr int kProducerRegisters = 56;
 constexpr int kConsumerRegisters = 224;  // 56 * 128 + 224 * 256 = 168 * 384: the launch's share
 constexpr float kLog2e = 1.4426950408889634f;
+// Named barriers: 1 + consumer (a consumer's Q staging), 3 (producer), kTurnBarrier + consumer (ping-pong).
+constexpr int kTurnBarrier = 4;
 
 struct Params {
   const uint8_t* q;
@@ -77,6 +79,7 @@ struct alignas(1024) Smem {
   uint8_t vt[kStages][kHeadDim * kKvTile];    // FP8 V^T rows (128 keys = 128 bytes), 128-byte swizzle
   float k_scale[kStages][kKvTile];
   float v_scale[kStages][kKvTile];            // 0 for keys past the CTA's range
+  float v_scale_max[kStages][4];              // per producer warp: max of its 32 keys' v_scale
   RawTile<kHeadDim> raw[kRawStages];
   uint64_t full[kStages], empty[kStages];
 };
@@ -122,6 +125,17 @@ __device__ __forceinline__ uint32_t e4m3x2(float low, float high) {
 }
 
 __device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
+
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// 2^x in one MUFU.EX2 (flushes results below 2^-126 to 0: far below what an e4m3 P can hold).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // ---------------------------------------------------------------------------------------------
 // wgmma wrappers: S (N = 128 keys, both operands in shared memory) and O (N = head_dim, A = P in
@@ -200,27 +214,51 @@ __device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool va
   }
 }
 
-// Copies tile `tile`'s INT4 K rows, V^T chunks and BF16 scales into raw stage `raw`.
+// The pages of a thread's pieces of one tile (K rows, its V^T chunk, its scale pair). Fetched one
+// tile before the copies that use them: a block-table load in front of every cp.async would put one
+// memory round trip per piece on the producer's path.
 template <int kHeadDim>
-__device__ __forceinline__ void copy_raw_tile(const Params& p, const CtaRange& r, RawTile<kHeadDim>& raw, int tile,
-                                              int thread) {
+struct TilePages {
+  int k[ProducerPieces<kHeadDim>::kK];
+  int v, scale;
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ TilePages<kHeadDim> fetch_pages(const Params& p, const CtaRange& r, int tile, int thread) {
   using Pieces = ProducerPieces<kHeadDim>;
   const int32_t* pages = p.block_table + int64_t(r.batch) * p.max_pages_per_seq;
+  // Clamped into the range: every load is valid, so all are issued together without branches.
+  auto page_of = [&](int pos) { return __ldg(pages + (min(pos, r.kv_end - 1) >> p.page_shift)); };
+  const int tile_start = tile * kKvTile;
+  TilePages<kHeadDim> t;
+  #pragma unroll
+  for (int i = 0; i < Pieces::kK; ++i) t.k[i] = page_of(tile_start + Pieces::k_key(thread, i));
+  t.v = page_of(tile_start + 16 * Pieces::v_chunk(thread));
+  t.scale = page_of(tile_start + 2 * (thread % 64));
+  return t;
+}
+
+// Copies tile `tile`'s INT4 K rows, V^T chunks and BF16 scales into raw stage `raw`.
+template <int kHeadDim>
+__device__ __forceinline__ void copy_raw_tile(const Params& p, const CtaRange& r, const TilePages<kHeadDim>& pages,
+                                              RawTile<kHeadDim>& raw, int tile, int thread) {
+  using Pieces = ProducerPieces<kHeadDim>;
   const int page_mask = (1 << p.page_shift) - 1;
   // (page * kv_heads + kv_head) * page_size + slot: the row of a cached position in the K data / scales.
-  auto row_of = [&](int pos) {
-    return ((int64_t(pages[pos >> p.page_shift]) * p.kv_heads + r.kv_head) << p.page_shift) + (pos & page_mask);
+  auto row_of = [&](int page, int pos) {
+    return ((int64_t(page) * p.kv_heads + r.kv_head) << p.page_shift) + (pos & page_mask);
   };
   const int tile_start = tile * kKvTile;
   #pragma unroll
   for (int i = 0; i < Pieces::kK; ++i) {
     const int key = Pieces::k_key(thread, i), part = Pieces::k_part(thread, i), pos = tile_start + key;
     const bool valid = pos < r.kv_end;
-    copy_async<16>(&raw.k[key][16 * part], valid ? p.k + row_of(pos) * (kHeadDim / 2) + 16 * part : p.k, valid);
+    copy_async<16>(&raw.k[key][16 * part], valid ? p.k + row_of(pages.k[i], pos) * (kHeadDim / 2) + 16 * part : p.k,
+                   valid);
   }
   const int chunk = Pieces::v_chunk(thread), chunk_pos = tile_start + 16 * chunk;
   const bool chunk_valid = chunk_pos < r.kv_end;  // keys past kv_end inside it: P is 0 there, codes finite
-  const int64_t chunk_row = chunk_valid ? row_of(chunk_pos) : 0;
+  const int64_t chunk_row = chunk_valid ? row_of(pages.v, chunk_pos) : 0;
   // V^T byte of (row, channel): ((page * kv_heads + h) * d + channel) * page_size / 2 + slot / 2.
   const uint8_t* v_chunk =
       p.v + ((((chunk_row >> p.page_shift) * kHeadDim) << p.page_shift) >> 1) + ((chunk_row & page_mask) >> 1);
@@ -234,14 +272,19 @@ __device__ __forceinline__ void copy_raw_tile(const Params& p, const CtaRange& r
   const int pair = thread % 64, pos = tile_start + 2 * pair;
   const bool valid = pos < r.kv_end, is_k = thread < 64;
   const uint16_t* scales = is_k ? p.k_scale : p.v_scale;
-  copy_async<4>((is_k ? raw.k_scale : raw.v_scale) + 2 * pair, valid ? scales + row_of(pos) : scales, valid);
+  copy_async<4>((is_k ? raw.k_scale : raw.v_scale) + 2 * pair, valid ? scales + row_of(pages.scale, pos) : scales,
+                valid);
 }
 
 template <int kHeadDim>
 __device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int thread) {
   using Pieces = ProducerPieces<kHeadDim>;
+  TilePages<kHeadDim> next_pages = fetch_pages<kHeadDim>(p, r, 0, thread);
   for (int tile = 0; tile < kRawAhead; ++tile) {
-    if (tile < r.tiles) copy_raw_tile<kHeadDim>(p, r, sm.raw[tile], tile, thread);
+    if (tile < r.tiles) {
+      copy_raw_tile<kHeadDim>(p, r, next_pages, sm.raw[tile], tile, thread);
+      next_pages = fetch_pages<kHeadDim>(p, r, tile + 1, thread);
+    }
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
   for (int tile = 0; tile < r.tiles; ++tile) {
@@ -250,8 +293,10 @@ __device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
     asm volatile("cp.async.wait_group %0;" ::"n"(kRawAhead - 1) : "memory");
     ptx::named_barrier_sync(3, 128);  // every producer thread's copies of this tile have landed; the
                                       // raw stage of tile - 1 has been read by all of them
-    if (tile + kRawAhead < r.tiles)
-      copy_raw_tile<kHeadDim>(p, r, sm.raw[(tile + kRawAhead) % kRawStages], tile + kRawAhead, thread);
+    if (tile + kRawAhead < r.tiles) {
+      copy_raw_tile<kHeadDim>(p, r, next_pages, sm.raw[(tile + kRawAhead) % kRawStages], tile + kRawAhead, thread);
+      next_pages = fetch_pages<kHeadDim>(p, r, tile + kRawAhead + 1, thread);
+    }
     asm volatile("cp.async.commit_group;" ::: "memory");
 
     ptx::mbarrier_wait(&sm.empty[stage], ((tile / kStages) & 1) ^ 1);
@@ -281,8 +326,12 @@ __device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
     }
     // A pair's second key may lie past kv_end with a stale scale (NaN, say): 0 keeps 0 * scale finite.
     const bool key_valid = tile * kKvTile + thread < r.kv_end;
+    const float v_scale = key_valid ? bf16_bits_to_float(raw.v_scale[thread]) : 0.0f;
     sm.k_scale[stage][thread] = key_valid ? bf16_bits_to_float(raw.k_scale[thread]) : 0.0f;
-    sm.v_scale[stage][thread] = key_valid ? bf16_bits_to_float(raw.v_scale[thread]) : 0.0f;
+    sm.v_scale[stage][thread] = v_scale;
+    // Scales are >= 0, so their bit patterns order like the floats: one warp-wide integer max.
+    const uint32_t warp_v_max = __reduce_max_sync(0xFFFFFFFFu, __float_as_uint(v_scale));
+    if (thread % 32 == 0) sm.v_scale_max[stage][thread / 32] = __uint_as_float(warp_v_max);
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic stores -> wgmma reads
     ptx::mbarrier_arrive(&sm.full[stage]);
   }
@@ -307,47 +356,88 @@ struct Consumer {
   // Online softmax of S (tile `tile`, stage `stage`), in place: S becomes P~ * v_scale * 448 /
   // max(v_scale) in FP32, still in the accumulator layout; `rescale` gets the factor that brings
   // o_acc to the units of this tile. Touches only S and row statistics, so it can run while a P V
-  // wgmma reads the previous P fragments.
+  // wgmma reads the previous P fragments. Element i of S is row half (i / 2) % 2 (rows g, g + 8),
+  // key 8 (i / 4) + 2t + i % 2: a thread's two keys of an n8 block are one float2 of the scales.
   __device__ __forceinline__ void softmax(float (&s)[64], int tile, int stage, float (&rescale)[2]) {
-    const float* k_scale = sm.k_scale[stage];
-    const float* v_scale = sm.v_scale[stage];
     const int tile_start = tile * kKvTile;
-    // Below the diagonal of every row of the warpgroup and inside the range: no masks (most tiles).
-    const bool interior = tile_start + kKvTile <= min(r.kv_end, wg_first_pos + 1);
-    float vmax[2] = {0.0f, 0.0f}, tile_max[2] = {-INFINITY, -INFINITY};
-    #pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      const int key = 8 * (i / 4) + 2 * t + (i % 2), rh = (i / 2) % 2;
-      const bool visible = interior || (tile_start + key < r.kv_end && tile_start + key <= row_pos[rh]);
-      s[i] = visible ? (s[i] * k_scale[key]) * row_factor[rh] : -INFINITY;
-      tile_max[rh] = fmaxf(tile_max[rh], s[i]);
-      if (visible) vmax[rh] = fmaxf(vmax[rh], v_scale[key]);
+    // Below the diagonal of every row of the warpgroup and inside the range: no masks, and every
+    // row's max(v_scale) is the whole tile's (most tiles).
+    if (tile_start + kKvTile <= min(r.kv_end, wg_first_pos + 1)) {
+      softmax_tile<false>(s, tile_start, stage, rescale);
+    } else {
+      softmax_tile<true>(s, tile_start, stage, rescale);
     }
-    float base[2], to_fp8[2];
+  }
+
+  template <bool kMasked>
+  __device__ __forceinline__ void softmax_tile(float (&s)[64], int tile_start, int stage, float (&rescale)[2]) {
+    const float2* k_scale = reinterpret_cast<const float2*>(sm.k_scale[stage]) + t;  // keys 2t, 2t + 1
+    const float2* v_scale = reinterpret_cast<const float2*>(sm.v_scale[stage]) + t;
+    float vmax[2] = {0.0f, 0.0f}, tile_max[2] = {-INFINITY, -INFINITY};
+    // S * k_scale (x, the row factor still out) and the row maxima; masked keys -inf.
+    #pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const float2 ks = k_scale[4 * j];
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * j + e, rh = e / 2;
+        float x = s[i] * (e % 2 ? ks.y : ks.x);
+        if constexpr (kMasked) {
+          const int key_pos = tile_start + 8 * j + 2 * t + e % 2;
+          const bool visible = key_pos < r.kv_end && key_pos <= row_pos[rh];
+          x = visible ? x : -INFINITY;
+          const float2 vs = v_scale[4 * j];
+          if (visible) vmax[rh] = fmaxf(vmax[rh], e % 2 ? vs.y : vs.x);
+        }
+        s[i] = x;
+        tile_max[rh] = fmaxf(tile_max[rh], x);
+      }
+    }
+    if constexpr (!kMasked) {
+      const float4 warp_max = *reinterpret_cast<const float4*>(sm.v_scale_max[stage]);
+      vmax[0] = vmax[1] = fmaxf(fmaxf(warp_max.x, warp_max.y), fmaxf(warp_max.z, warp_max.w));
+    }
+    float neg_base[2], to_fp8[2];
     #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
       #pragma unroll
       for (int lane_bit = 1; lane_bit <= 2; lane_bit <<= 1) {
         tile_max[rh] = fmaxf(tile_max[rh], __shfl_xor_sync(0xFFFFFFFFu, tile_max[rh], lane_bit));
-        vmax[rh] = fmaxf(vmax[rh], __shfl_xor_sync(0xFFFFFFFFu, vmax[rh], lane_bit));
+        if constexpr (kMasked) vmax[rh] = fmaxf(vmax[rh], __shfl_xor_sync(0xFFFFFFFFu, vmax[rh], lane_bit));
       }
-      const float new_max = fmaxf(row_max[rh], tile_max[rh]);
-      base[rh] = new_max == -INFINITY ? 0.0f : new_max;
-      const float alpha = exp2f(row_max[rh] - base[rh]);
+      // The row factor is >= 0 (0 for rows past q_len): max(x * f) = max(x) * f.
+      const float scaled_max = tile_max[rh] == -INFINITY ? -INFINITY : tile_max[rh] * row_factor[rh];
+      const float new_max = fmaxf(row_max[rh], scaled_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      const float alpha = fast_exp2(row_max[rh] - base);
       row_max[rh] = new_max;
       row_sum[rh] *= alpha;
+      neg_base[rh] = -base;
       // A row that sees no key of this tile keeps its units (its P is all zero).
       const float unit = vmax[rh] > 0.0f ? vmax[rh] / kFp8E4M3Max : o_unit[rh];
       to_fp8[rh] = vmax[rh] > 0.0f ? kFp8E4M3Max / vmax[rh] : 0.0f;
       rescale[rh] = alpha * (o_unit[rh] / unit);
       o_unit[rh] = unit;
     }
+    // P~ = exp2(x * f - max), summed unscaled; then times v_scale * 448 / max(v_scale), the factor
+    // per key (interior tiles: the same for both row halves).
     #pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      const int key = 8 * (i / 4) + 2 * t + (i % 2), rh = (i / 2) % 2;
-      const float prob = exp2f(s[i] - base[rh]);
-      row_sum[rh] += prob;
-      s[i] = (prob * v_scale[key]) * to_fp8[rh];
+    for (int j = 0; j < 16; ++j) {
+      const float2 vs = v_scale[4 * j];
+      const float2 key_factor = make_float2(vs.x * to_fp8[0], vs.y * to_fp8[0]);
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * j + e, rh = e / 2;
+        float prob;
+        if constexpr (kMasked) {  // masked x is -inf, and f may be 0: exp2 of -inf, never of NaN
+          prob = s[i] == -INFINITY ? 0.0f : fast_exp2(fmaf(s[i], row_factor[rh], neg_base[rh]));
+          s[i] = (prob * (e % 2 ? vs.y : vs.x)) * to_fp8[rh];
+        } else {
+          prob = fast_exp2(fmaf(s[i], row_factor[rh], neg_base[rh]));
+          s[i] = prob * (e % 2 ? key_factor.y : key_factor.x);
+        }
+        row_sum[rh] += prob;
+      }
     }
   }
 
@@ -404,6 +494,22 @@ __device__ __forceinline__ void rescale_o(float (&o)[kHeadDim / 2], const float 
   }
 }
 
+// FlashAttention-3's ping-pong: the two consumer warpgroups take turns issuing their wgmmas (named
+// barriers kTurnBarrier + consumer, 256 threads: one warpgroup syncs, the other arrives), so that one
+// warpgroup's softmax runs while the other's GEMMs hold the tensor cores. Consumer 0 goes first; both
+// have the same number of issue phases, and the last pass of consumer 1 is left out so that no
+// arrival is pending at exit.
+struct Turns {
+  int consumer, phases;
+  __device__ __forceinline__ void start() const {
+    if (consumer == 1) named_barrier_arrive(kTurnBarrier, 256);
+  }
+  __device__ __forceinline__ void wait_mine() const { ptx::named_barrier_sync(kTurnBarrier + consumer, 256); }
+  __device__ __forceinline__ void pass(int phase) const {
+    if (consumer == 0 || phase + 1 < phases) named_barrier_arrive(kTurnBarrier + 1 - consumer, 256);
+  }
+};
+
 template <int kHeadDim, bool kThreeStage>
 __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int consumer, int thread) {
   Consumer<kHeadDim> c{p, r, sm};
@@ -446,11 +552,16 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
   float rescale[2];
 
   if constexpr (kThreeStage) {
+    // r.tiles + 1 issue phases: Q K_0^T, then (Q K_i^T, P_{i-1} V_{i-1}) for i >= 1, then P_last V_last.
+    const Turns turns{consumer, r.tiles + 1};
+    turns.start();
     ptx::mbarrier_wait(&sm.full[0], 0);
     const uint64_t desc_k0 = c.k_descriptor(0);
+    turns.wait_mine();
     c.fence_s(s);
     ptx::wgmma_fence();
     c.wgmmas_qk(desc_q, desc_k0, s);
+    turns.pass(0);
     ptx::wgmma_wait<0>();
     #pragma unroll
     for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
@@ -460,11 +571,13 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
       const int stage = tile % kStages, previous = (tile - 1) % kStages;
       ptx::mbarrier_wait(&sm.full[stage], (tile / kStages) & 1);
       const uint64_t desc_k = c.k_descriptor(stage), desc_vt = c.vt_descriptor(previous);
+      turns.wait_mine();
       c.fence_s(s);
       c.fence_o(o, pf);
       ptx::wgmma_fence();
       c.wgmmas_qk(desc_q, desc_k, s);     // S_i = Q K_i^T
       c.wgmmas_pv(desc_vt, pf, o);        // O += P_{i-1} V_{i-1}, both in flight
+      turns.pass(tile);
       ptx::wgmma_wait<1>();             // S_i landed; P_{i-1} V_{i-1} may still run
       #pragma unroll
       for (int i = 0; i < 64; ++i) ptx::fence_register(s[i]);
@@ -478,9 +591,11 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
     }
     const int last = (r.tiles - 1) % kStages;
     const uint64_t desc_vt = c.vt_descriptor(last);
+    turns.wait_mine();
     c.fence_o(o, pf);
     ptx::wgmma_fence();
     c.wgmmas_pv(desc_vt, pf, o);
+    turns.pass(r.tiles);
     ptx::wgmma_wait<0>();
     #pragma unroll
     for (int i = 0; i < 16; ++i) ptx::fence_register(pf[i / 4][i % 4]);
@@ -532,8 +647,10 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
 template <int kHeadDim, bool kThreeStage>
 __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const __grid_constant__ Params p) {
   extern __shared__ uint8_t smem_raw[];
-  Smem<kHeadDim>& sm = *reinterpret_cast<Smem<kHeadDim>*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  // Aligned by pointer arithmetic on smem_raw itself: through an integer cast the compiler loses the
+  // shared state space and every access becomes a generic LD/ST.
+  const uint32_t misalignment = ptx::smem_address(smem_raw) & 1023;
+  Smem<kHeadDim>& sm = *reinterpret_cast<Smem<kHeadDim>*>(smem_raw + ((1024 - misalignment) & 1023));
   const CtaRange r = cta_range(p);
   if (r.q_tile * kQueryTile >= r.q_len) return;  // the whole CTA: shorter sequence of the batch
   const int warpgroup = threadIdx.x / 128, thread = threadIdx.x % 128;
