@@ -147,15 +147,17 @@ int main(int argc, char** argv) {
   try {
     std::string out_path = "bench_gemm.jsonl";
     bool sweep = false, sweep_decode = false;
+    std::string only_shape;  // --shape NAME: one shape (profiling runs)
     std::vector<int> ms = {1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
     for (int i = 1; i < argc; ++i) {
       if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
       else if (!std::strcmp(argv[i], "--sweep")) sweep = true;
       else if (!std::strcmp(argv[i], "--sweep-decode")) sweep_decode = true;
+      else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) only_shape = argv[++i];
       else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) {
         ms.clear();
         for (char* t = std::strtok(argv[++i], ","); t; t = std::strtok(nullptr, ",")) ms.push_back(std::atoi(t));
-      } else fail("bench_gemm: unknown argument ", argv[i], " (--out FILE, --m 1,16,..., --sweep, --sweep-decode)");
+      } else fail("bench_gemm: unknown argument ", argv[i], " (--out FILE, --m 1,16,..., --shape NAME, --sweep, --sweep-decode)");
     }
     FIREQ_CUDA_CHECK(cudaStreamCreate(&g_stream));
     cudaDeviceProp prop;
@@ -191,6 +193,7 @@ int main(int argc, char** argv) {
                             {"l2_down", 4096, 11008, Epilogue::kResidualAdd}};
     const int max_m = *std::max_element(ms.begin(), ms.end());
     for (const Shape& s : shapes) {
+      if (!only_shape.empty() && only_shape != s.name) continue;
       const size_t int4_bytes = size_t{1} * s.n * s.k / 2;
       const int nb_int4 = buffers_for(int4_bytes), nb_fp8 = buffers_for(2 * int4_bytes), nb_bf16 = buffers_for(4 * int4_bytes);
       std::vector<DeviceBuffer<uint8_t>> int4_data, swiglu_data, w8;
@@ -259,22 +262,24 @@ int main(int argc, char** argv) {
                       bytes / (us * 1e-6) / 1e9, c.kernel == GemmKernel::kDecodeMma ? "decode" : "wgmma", c.token_tile,
                       c.splits);
         }
-        if (m <= kDecodeMaxM) {  // the wgmma kernel at the same M, for the notes' before/after
-          const GemmConfig c = choose_wgmma_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
-          GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};
-          const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);
-          print_row(f, s.name, m, s.n, s.k, "ours_wgmma:bf16", us, io_bytes + 2.0 * m * s.n, fp8_us, bf16_us);
-          std::printf("%-10s M=%-5d bf16      wgmma %8.2f us  x%.2f vs fp8\n", s.name, m, us, fp8_us / us);
+        if (m <= kDecodeMaxM) {  // both kernels forced at the same M, whatever the table picks
+          for (const bool decode : {false, true}) {
+            const GemmConfig c = decode ? choose_decode_config(m, s.n, s.k, 128, prop.multiProcessorCount, true)
+                                        : choose_wgmma_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
+            GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};
+            const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);
+            print_row(f, s.name, m, s.n, s.k, decode ? "ours_decode:bf16" : "ours_wgmma:bf16", us, io_bytes + 2.0 * m * s.n,
+                      fp8_us, bf16_us);
+            std::printf("%-10s M=%-5d bf16      %s %8.2f us  x%.2f vs fp8  [tile %d split %d]\n", s.name, m,
+                        decode ? "decode" : "wgmma", us, fp8_us / us, c.token_tile, c.splits);
+          }
         }
         if (sweep_decode && m <= kDecodeMaxM) {
           const int groups = s.k / 128;
           for (int splits = 1; splits <= std::min(groups, 32); ++splits) {
-            GemmConfig c = choose_gemm_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
-            if (c.kernel != GemmKernel::kDecodeMma) break;
+            GemmConfig c = choose_decode_config(m, s.n, s.k, 128, prop.multiProcessorCount, true);
             c.groups_per_split = (groups + splits - 1) / splits;
-            if ((groups + c.groups_per_split - 1) / c.groups_per_split != splits ||
-                m * decode_x_stride(c.groups_per_split * 128) > kDecodeXBudgetBytes)
-              continue;
+            if ((groups + c.groups_per_split - 1) / c.groups_per_split != splits) continue;
             c.splits = splits;
             GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};
             const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);

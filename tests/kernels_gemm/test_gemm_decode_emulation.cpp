@@ -1,9 +1,9 @@
 // The decode kernel's data flow on the CPU: weights in the kernel layout built from its documented
 // byte map (docs/kernels/GEMM.md), read through the kernel's own index functions
-// (decode_fragments.h), converted by its INT4 -> FP8 routine, multiplied as mma.m16n8k32 defines
-// its A / B / D fragments (PTX ISA; CUTLASS's SM89 MMA traits) and promoted per group. It must
-// reproduce gemm_accumulate_reference bit for bit: it checks the addressing and the k permutation
-// the device kernel relies on without a GPU.
+// (decode_fragments.h), converted by its INT4 -> FP16 and FP8 -> FP16 routines, X staged per round
+// as the kernel stages it, multiplied as mma.m16n8k16 defines its A / B / D fragments (PTX ISA) and
+// promoted per group. It must reproduce gemm_accumulate_reference bit for bit: it checks the
+// addressing, the k permutation and the conversions the device kernel relies on without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -60,7 +60,8 @@ std::vector<uint8_t> documented_layout(const Int4Weights& w) {
   return out;
 }
 
-uint8_t byte_of(uint32_t word, int i) { return static_cast<uint8_t>(word >> (8 * i)); }
+float low_half(uint32_t pair) { return f16_to_float(static_cast<uint16_t>(pair)); }
+float high_half(uint32_t pair) { return f16_to_float(static_cast<uint16_t>(pair >> 16)); }
 
 // y[m][n] before the epilogue, as the decode kernel computes it with `splits` K splits (the split
 // sums are added in split order here; the GPU adds them by atomics in any order).
@@ -75,65 +76,70 @@ std::vector<float> emulate_decode(const std::vector<uint8_t>& layout, const Fp8A
   for (int split = 0; split * per_split < groups; ++split) {
     const int group_begin = split * per_split;
     const int group_end = std::min(groups, group_begin + per_split);
-    const int k_begin = group_begin * group_size, k_len = (group_end - group_begin) * group_size;
-    // Shared memory as stage_x writes it.
-    std::vector<uint32_t> x_shared(static_cast<size_t>(x.m) * k_len / 4);
-    for (int token = 0; token < x.m; ++token)
-      for (int column = 0; column < k_len / 16; ++column)
-        for (int word = 0; word < 4; ++word)
-          std::memcpy(&x_shared[static_cast<size_t>(token) * k_len / 4 + decode_x_word_position(column, word)],
-                      &x.values[static_cast<size_t>(token) * k + k_begin + 16 * column + 4 * word], 4);
+    const int k_begin = group_begin * group_size;
+    const int blocks = (group_end - group_begin) * blocks_per_group;
     for (int pair = 0; 2 * pair < n_tiles; ++pair)
       for (int warp = 0; warp < 8; ++warp) {
         const int tile = 2 * pair + warp / 4;
         if (tile >= n_tiles) continue;
         std::vector<float> result(static_cast<size_t>(x.m) * 16, 0.0f);  // [token][row of the slice]
-        for (int g = group_begin; g < group_end; ++g) {
-          const uint8_t* record = layout.data() + (static_cast<size_t>(pair) * groups + g) * record_bytes;
-          std::vector<double> partial(static_cast<size_t>(x.m) * 16, 0.0);  // exact, as the reference
-          for (int b = 0; b < blocks_per_group; ++b)
-            for (int step = 0; step < 2; ++step) {
-              float a[16][32], bm[32][64];  // the warp's A (16 x 32) and B (32 x tokens) of this mma
-              for (int lane = 0; lane < 32; ++lane) {
-                const int gid = lane / 4, t = lane % 4;
-                uint32_t codes[4];
-                std::memcpy(codes, record + decode_code_offset(warp, lane, b, blocks_per_group), 16);
-                const uint32_t fragment[4] = {
-                    int4x4_to_fp8x4(codes[2 * step]), int4x4_to_fp8x4(codes[2 * step] >> 16),
-                    int4x4_to_fp8x4(codes[2 * step + 1]), int4x4_to_fp8x4(codes[2 * step + 1] >> 16)};
-                for (int i = 0; i < 4; ++i) {  // a0: (gid, 4t+i) a1: (gid+8, 4t+i) a2/a3: columns + 16
-                  a[gid][4 * t + i] = fp8_e4m3_to_float(byte_of(fragment[0], i));
-                  a[gid + 8][4 * t + i] = fp8_e4m3_to_float(byte_of(fragment[1], i));
-                  a[gid][16 + 4 * t + i] = fp8_e4m3_to_float(byte_of(fragment[2], i));
-                  a[gid + 8][16 + 4 * t + i] = fp8_e4m3_to_float(byte_of(fragment[3], i));
+        std::vector<double> partial(static_cast<size_t>(x.m) * 16, 0.0);  // exact, as the reference
+        std::vector<uint8_t> x_shared(static_cast<size_t>(x.m) * kDecodeXRowBytes);
+        for (int b = 0; b < blocks; ++b) {
+          const int in_round = b % kDecodeRoundBlocks;
+          if (in_round == 0) {  // store_x_round: this round's X as FP16 B fragments
+            const int round_blocks = std::min(kDecodeRoundBlocks, blocks - b);
+            for (int token = 0; token < x.m; ++token)
+              for (int column = 0; column < 4 * round_blocks; ++column)
+                for (int word = 0; word < 4; ++word) {
+                  uint32_t fp8;
+                  std::memcpy(&fp8, &x.values[static_cast<size_t>(token) * k + k_begin + b * kBlockK + 16 * column + 4 * word], 4);
+                  const uint32_t f16[2] = {fp8x2_to_f16x2_b(fp8), fp8x2_to_f16x2_b(fp8 >> 16)};
+                  std::memcpy(&x_shared[static_cast<size_t>(token) * kDecodeXRowBytes + decode_x_f16_offset(column, word)], f16, 8);
                 }
-                for (int token = gid; token < 64; token += 8) {  // b0: rows 4t+i, b1: rows 16+4t+i
-                  uint32_t words[4] = {0, 0, 0, 0};
-                  if (token < x.m)
-                    std::memcpy(words,
-                                reinterpret_cast<const uint8_t*>(&x_shared[static_cast<size_t>(token) * k_len / 4]) +
-                                    decode_x_lane_offset(lane, (g - group_begin) * blocks_per_group + b),
-                                16);
-                  for (int i = 0; i < 4; ++i) {
-                    bm[4 * t + i][token] = fp8_e4m3_to_float(byte_of(words[2 * step], i));
-                    bm[16 + 4 * t + i][token] = fp8_e4m3_to_float(byte_of(words[2 * step + 1], i));
-                  }
+          }
+          const int g = group_begin + b / blocks_per_group;
+          const uint8_t* record = layout.data() + (static_cast<size_t>(pair) * groups + g) * record_bytes;
+          for (int step = 0; step < 4; ++step) {
+            float a[16][16], bm[16][64];  // the warp's A (16 x 16) and B (16 x tokens) of this mma
+            for (int lane = 0; lane < 32; ++lane) {
+              const int gid = lane / 4, t = lane % 4;
+              uint32_t codes[4];
+              std::memcpy(codes, record + decode_code_offset(warp, lane, b % blocks_per_group, blocks_per_group), 16);
+              uint32_t fragment[4];
+              int4x8_to_f16_fragment(codes[step], fragment);
+              // a0: (gid, 2t, 2t+1), a1: (gid+8, same), a2: (gid, 2t+8, 2t+9), a3: (gid+8, same)
+              for (int r = 0; r < 4; ++r) {
+                const int row = gid + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+                a[row][col] = low_half(fragment[r]);
+                a[row][col + 1] = high_half(fragment[r]);
+              }
+              for (int token = gid; token < 64; token += 8) {  // b0: rows 2t, 2t+1; b1: rows 2t+8, 2t+9
+                uint32_t b_regs[2] = {0, 0};
+                if (token < x.m)
+                  std::memcpy(b_regs,
+                              &x_shared[static_cast<size_t>(token) * kDecodeXRowBytes + decode_x_lane_offset(lane, in_round) + 8 * step],
+                              8);
+                for (int r = 0; r < 2; ++r) {
+                  bm[2 * t + 8 * r][token] = low_half(b_regs[r]);
+                  bm[2 * t + 8 * r + 1][token] = high_half(b_regs[r]);
                 }
               }
-              for (int row = 0; row < 16; ++row)
-                for (int token = 0; token < x.m; ++token)
-                  for (int c = 0; c < 32; ++c)
-                    partial[static_cast<size_t>(token) * 16 + row] += static_cast<double>(a[row][c]) * bm[c][token];
             }
-          for (int lane = 0; lane < 32; ++lane) {
-            uint8_t sigma[2];
-            sigma[0] = record[decode_scale_offset(warp, lane, blocks_per_group)];
-            sigma[1] = record[decode_scale_offset(warp, lane, blocks_per_group) + 8];
-            if (lane % 4) continue;  // one lane per row pair is enough here
+            for (int row = 0; row < 16; ++row)
+              for (int token = 0; token < x.m; ++token)
+                for (int c = 0; c < 16; ++c)
+                  partial[static_cast<size_t>(token) * 16 + row] += static_cast<double>(a[row][c]) * bm[c][token];
+          }
+          if (b % blocks_per_group != blocks_per_group - 1) continue;
+          for (int lane = 0; lane < 32; lane += 4) {  // one lane per row pair is enough here
+            const uint8_t sigma[2] = {record[decode_scale_offset(warp, lane, blocks_per_group)],
+                                      record[decode_scale_offset(warp, lane, blocks_per_group) + 8]};
             for (int half = 0; half < 2; ++half)
               for (int token = 0; token < x.m; ++token) {
                 const size_t at = static_cast<size_t>(token) * 16 + lane / 4 + 8 * half;
                 result[at] = std::fmaf(fp8_e4m3_to_float(sigma[half]), static_cast<float>(partial[at]), result[at]);
+                partial[at] = 0.0;
               }
           }
         }
@@ -148,11 +154,37 @@ std::vector<float> emulate_decode(const std::vector<uint8_t>& layout, const Fp8A
   return y;
 }
 
+TEST(GemmDecodeEmulation, Int4ToFp16FragmentIsExact) {
+  for (uint32_t low = 0; low < 0x10000u; ++low) {  // every row-r0 half, with varied row-r0+8 halves
+    const uint32_t word = low | (((low * 0x9E37u) & 0xFFFFu) << 16);
+    uint32_t a[4];
+    int4x8_to_f16_fragment(word, a);
+    for (int r = 0; r < 4; ++r) {
+      const int nibble = (r % 2) * 4 + (r / 2) * 2;  // a0: codes 0,1; a1: 4,5; a2: 2,3; a3: 6,7
+      auto code = [&](int i) {
+        const int c = static_cast<int>((word >> (4 * i)) & 0xF);
+        return static_cast<float>(c >= 8 ? c - 16 : c);
+      };
+      ASSERT_EQ(low_half(a[r]), code(nibble)) << std::hex << "word " << word << " register " << r;
+      ASSERT_EQ(high_half(a[r]), 16.0f * code(nibble + 1)) << std::hex << "word " << word << " register " << r;
+    }
+  }
+}
+
+TEST(GemmDecodeEmulation, Fp8ToFp16BOperandIsExact) {
+  for (uint32_t codes = 0; codes < 0x10000u; ++codes) {
+    if ((codes & 0x7F) == 0x7F || (codes & 0x7F00) == 0x7F00) continue;  // NaN codes never reach the GEMM
+    const uint32_t pair = fp8x2_to_f16x2_b(codes);
+    ASSERT_EQ(low_half(pair), fp8_e4m3_to_float(static_cast<uint8_t>(codes))) << codes;
+    ASSERT_EQ(high_half(pair) * 16.0f, fp8_e4m3_to_float(static_cast<uint8_t>(codes >> 8))) << codes;
+  }
+}
+
 TEST(GemmDecodeEmulation, MatchesReferenceBitForBit) {
   std::mt19937 rng(std::random_device{}());
   std::normal_distribution<float> normal(0.0f, 1.0f);
   struct Shape { int m, n, k, group; };
-  for (const Shape s : {Shape{13, 320, 512, 128}, Shape{5, 192, 576, 64}, Shape{1, 64, 128, 128}}) {
+  for (const Shape s : {Shape{13, 320, 1536, 128}, Shape{5, 192, 576, 64}, Shape{1, 64, 128, 128}}) {
     std::vector<float> w(static_cast<size_t>(s.n) * s.k), xf(static_cast<size_t>(s.m) * s.k);
     for (float& v : w) v = normal(rng);
     for (float& v : xf) v = normal(rng);

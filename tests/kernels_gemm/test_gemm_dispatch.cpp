@@ -36,7 +36,6 @@ TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
         EXPECT_GE(c.token_tile, m);
         EXPECT_LT(c.token_tile, 2 * std::max(m, 8)) << "the smallest m16n8 tile count that covers M";
         EXPECT_EQ((groups + c.groups_per_split - 1) / c.groups_per_split, c.splits) << "splits must cover K exactly";
-        EXPECT_LE(m * decode_x_stride(c.groups_per_split * s[2]), kDecodeXBudgetBytes) << "X slice fits";
         EXPECT_EQ(c.work_items, (s[0] / 64 + 1) / 2 * c.splits);
         EXPECT_EQ(c.grid, c.work_items);
       } else {
@@ -45,17 +44,21 @@ TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
       expect_valid_wgmma(choose_wgmma_config(m, s[0], s[1], s[2], 132, true), m, s);
       const GemmConfig no_workspace = choose_gemm_config(m, s[0], s[1], s[2], 132, false);
       EXPECT_EQ(no_workspace.splits, 1);
-      if (no_workspace.kernel == GemmKernel::kDecodeMma) {
-        EXPECT_LE(m * decode_x_stride(s[1]), kDecodeXBudgetBytes) << "unsplit X must fit";
-      }
     }
   // Decode on a 4096-row weight: 32 tile pairs must be split to keep enough loads in flight.
   EXPECT_GT(choose_gemm_config(1, 4096, 4096, 128, 132, true).work_items, 100);
   EXPECT_GT(choose_wgmma_config(1, 4096, 4096, 128, 132, true).work_items, 100);
   // Llama-3-8B gate_up at M = 1: 224 tile pairs already fill HBM, no split (no atomics).
   EXPECT_EQ(choose_gemm_config(1, 28672, 4096, 128, 132, true).splits, 1);
-  // M = 64 on K = 14336 cannot stage X without splitting: without a workspace, the wgmma kernel.
-  EXPECT_EQ(choose_gemm_config(64, 4096, 14336, 128, 132, false).kernel, GemmKernel::kWgmma);
+  // The decode kernel stages X per round: any K runs unsplit without a workspace.
+  for (const int m : {1, 8, 9, 33, 64}) {
+    const GemmConfig c = choose_decode_config(m, 4096, 14336, 128, 132, false);
+    EXPECT_EQ(c.kernel, GemmKernel::kDecodeMma);
+    EXPECT_EQ(c.splits, 1);
+    EXPECT_GE(c.token_tile, m);
+    EXPECT_LE(decode_shared_bytes(c.token_tile), 227 * 1024 / decode_ctas_per_sm(c.token_tile)) << "fits the SM";
+  }
+  EXPECT_THROW(choose_decode_config(65, 4096, 4096, 128, 132, true), Error);
   EXPECT_THROW(choose_gemm_config(0, 4096, 4096, 128, 132, true), Error);
 }
 

@@ -60,23 +60,24 @@ size_t splitk_counter_count(int max_m, int n);
 
 // Two kernels read the same kernel layout:
 //  - kWgmma: the warp-specialized TMA + wgmma kernel (every M; the only one for M > 64);
-//  - kDecodeMma: the decode kernel for M <= kDecodeMaxM: mma.sync m16n8k32 FP8, each warp streams
-//    its 16 weight rows' fragments straight from global memory into registers (no shared memory for
-//    the weights), X's K slice staged once per CTA in shared memory; one CTA per (tile pair, K split).
+//  - kDecodeMma: the decode kernel for M <= kDecodeMaxM: mma.sync m16n8k16 on exact FP16 images of
+//    the INT4 and FP8 operands (Hopper has no FP8 mma.sync), each warp streams its 16 weight rows'
+//    fragments straight from global memory into registers (no shared memory for the weights), X
+//    staged per round of kDecodeRoundBlocks K blocks in shared memory (FP16, double-buffered); one
+//    CTA per (tile pair, K split).
 enum class GemmKernel { kWgmma, kDecodeMma };
 constexpr int kDecodeMaxM = 64;
-// The dispatch sends only M <= kDecodeDispatchMaxM to the decode kernel: measured on H100
-// (bench/results/gemm-decode-h100-2026-11-25.md) it is on par with the wgmma kernel at M <= 8 and
-// slower from M = 16 (its 32/64-token tiles re-stage X per CTA and pay split-K atomics).
-constexpr int kDecodeDispatchMaxM = 8;
-// The decode kernel's shared-memory budget for its X slice (M x K/splits bytes): two CTAs per SM
-// fit with room for L1; the dispatch splits K until the slice fits.
-constexpr int kDecodeXBudgetBytes = 72 * 1024;
+// The dispatch sends only M <= kDecodeDispatchMaxM to the decode kernel (measured on H100, see
+// docs/kernels/GEMM.md "Dispatch table").
+constexpr int kDecodeDispatchMaxM = 16;
+// The decode kernel's X staging: rounds of kDecodeRoundBlocks 64-wide K blocks (also its weight
+// prefetch depth), each token's round in FP16 padded by 16 bytes (rows 16 bytes apart modulo 128:
+// the lanes of one 16-byte shared load hit distinct banks), two rounds in flight.
+constexpr int kDecodeRoundBlocks = 8;
+constexpr int kDecodeXRowBytes = kDecodeRoundBlocks * kBlockK * 2 + 16;
+constexpr int decode_shared_bytes(int m) { return 2 * m * kDecodeXRowBytes; }
 // CTAs of the decode kernel resident per SM (its launch bounds; registers are the limit).
 constexpr int decode_ctas_per_sm(int token_tile) { return token_tile <= 16 ? 2 : 1; }
-// Bytes per token row of the decode kernel's X slice: a row of k_slice bytes padded so that rows
-// start 64 bytes apart modulo 128 (8 lanes reading 16 bytes of two tokens hit distinct banks).
-constexpr int decode_x_stride(int k_slice) { return k_slice % 128 == 0 ? k_slice + 64 : k_slice; }
 
 // One launch configuration: kernel, token tile (wgmma N; for the decode kernel 8 x its m16n8
 // tiles), split-K factor over groups, grid size.
@@ -89,13 +90,14 @@ struct GemmConfig {
   GemmKernel kernel = GemmKernel::kWgmma;
 };
 
-// The dispatch table (dispatch.cpp): M <= kDecodeDispatchMaxM runs the decode kernel (unless its X slice
-// cannot fit without a split-K workspace), else the wgmma kernel with a token tile by M; split-K so
-// that the weight stream covers the SMs. workspace_ok says whether the split-K workspace is large
-// enough for this M.
+// The dispatch table (dispatch.cpp): M <= kDecodeDispatchMaxM runs the decode kernel, else the
+// wgmma kernel with a token tile by M; split-K so that the weight stream covers the SMs.
+// workspace_ok says whether the split-K workspace is large enough for this M.
 GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);
 // The wgmma kernel's part of the table alone (any M): the bench compares both kernels with it.
 GemmConfig choose_wgmma_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);
+// The decode kernel's part alone (M <= kDecodeMaxM): token tile and split count.
+GemmConfig choose_decode_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);
 
 struct GemmArgs {
   const uint8_t* x = nullptr;        // FP8 e4m3 [M][K], row stride K bytes

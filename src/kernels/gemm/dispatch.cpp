@@ -23,27 +23,24 @@ namespace {
 // of 16 bytes per lane); HBM needs ~1.5 such CTAs per SM in flight (3.35 TB/s x ~1.5 us of loaded
 // latency = 5 MB; 7.3 MB with 224 CTAs). Fewer resident CTAs leave HBM idle; beyond that more
 // splits only add FP32 atomics of M x N partial sums (written, then read back by the last split:
-// ~8 bytes per sum, against the N x K / 2 weight bytes). Returns splits = 0 when no split count
-// fits X into shared memory.
+// ~8 bytes per sum, against the N x K / 2 weight bytes). X is staged per round, so any K fits.
 GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   GemmConfig c;
   c.kernel = GemmKernel::kDecodeMma;
   c.token_tile = 8;
   while (c.token_tile < m) c.token_tile *= 2;
-  c.splits = 0;
   const int groups = k / group_size;
   const int tile_pairs = (n / kTileRows + 1) / 2;
   const double weight_bytes = 0.5 * n * k;
   double best_cost = 0.0;
-  for (int splits = 1; splits <= std::min(groups, 32); ++splits) {
-    if (splits > 1 && !workspace_ok) break;
+  const int max_splits = workspace_ok ? std::min(groups, 32) : 1;
+  for (int splits = 1; splits <= max_splits; ++splits) {
     const int per_split = (groups + splits - 1) / splits;
     if ((groups + per_split - 1) / per_split != splits) continue;
-    if (static_cast<long>(m) * decode_x_stride(per_split * group_size) > kDecodeXBudgetBytes) continue;
     const int resident = std::min(tile_pairs * splits, decode_ctas_per_sm(c.token_tile) * sm_count);
     const double fill = std::min(1.0, resident / (1.5 * sm_count));
     const double cost = weight_bytes / fill + (splits > 1 ? 8.0 * splits * m * n : 0.0);
-    if (c.splits == 0 || cost < best_cost * (1.0 - 1e-9)) {
+    if (splits == 1 || cost < best_cost * (1.0 - 1e-9)) {
       best_cost = cost;
       c.splits = splits;
       c.groups_per_split = per_split;
@@ -59,11 +56,14 @@ GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool
 GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   if (m <= 0 || n <= 0 || k <= 0 || group_size <= 0 || sm_count <= 0)
     fail("choose_gemm_config: bad shape M=", m, " N=", n, " K=", k, " group=", group_size);
-  if (m <= kDecodeDispatchMaxM) {
-    const GemmConfig decode = decode_config(m, n, k, group_size, sm_count, workspace_ok);
-    if (decode.splits > 0) return decode;
-  }
+  if (m <= kDecodeDispatchMaxM) return decode_config(m, n, k, group_size, sm_count, workspace_ok);
   return choose_wgmma_config(m, n, k, group_size, sm_count, workspace_ok);
+}
+
+GemmConfig choose_decode_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
+  if (m <= 0 || m > kDecodeMaxM || n <= 0 || k <= 0 || group_size <= 0 || sm_count <= 0)
+    fail("choose_decode_config: bad shape M=", m, " (at most ", kDecodeMaxM, ") N=", n, " K=", k, " group=", group_size);
+  return decode_config(m, n, k, group_size, sm_count, workspace_ok);
 }
 
 GemmConfig choose_wgmma_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {

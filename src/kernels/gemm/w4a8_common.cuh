@@ -26,7 +26,6 @@ struct KernelParams {
   int n_tiles, tile_pairs, token_tiles;
   int groups, blocks_per_group, groups_per_split, splits;
   int work_items;
-  int x_stride;  // decode kernel: bytes per token row of X in shared memory
   Epilogue epilogue;
 };
 

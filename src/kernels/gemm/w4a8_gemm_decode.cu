@@ -1,20 +1,25 @@
 // The decode kernel of the INT4 x FP8 GEMM (M <= kDecodeMaxM): memory-bound, so every design choice
-// serves keeping many 16-byte weight loads in flight on every SM.
+// serves keeping many 16-byte weight loads in flight on every SM with a short instruction path per
+// load (measured: the first version, on FP8 mma.sync, was issue-bound: bench/NOTES-gemm.md v6).
 //
-// Swap-AB on mma.sync.m16n8k32 FP8: 16 weight rows are the A operand, up to 8 tokens per n8 tile
-// the B operand. A CTA of 8 warps owns one tile pair of the kernel layout (gemm.h: 2 x 64 rows, one
-// 16-row slice per warp) and one K split. A slice's fragments for one 64-wide K block are 512
-// contiguous bytes of a record, 16 per lane, which is exactly the lane's m16n8k32 A fragments for
-// two k32 steps, so each lane streams its weights with one 16-byte load per block straight into
-// registers, kPrefetchBlocks blocks ahead (no shared memory, no barriers for the weights).
+// Swap-AB on mma.sync.m16n8k16 with f16 inputs: 16 weight rows are the A operand, up to 8 tokens
+// per n8 tile the B operand. Hopper has no FP8 mma.sync (ptxas turns the e4m3 form into FP8 -> FP16
+// conversions and this instruction), and INT4 codes and e4m3 values are exact in FP16, so the kernel
+// converts INT4 straight to FP16 (1.5 instructions per weight) and stages X as FP16 once per CTA.
+// A CTA of 8 warps owns one tile pair of the kernel layout (gemm.h: 2 x 64 rows, one 16-row slice
+// per warp) and one K split. A slice's codes for one 64-wide K block are 512 contiguous bytes of a
+// record, 16 per lane: word j holds the lane's A fragment of k16 step j. Each lane streams its
+// weights with one 16-byte load per block straight into registers, kDecodeRoundBlocks blocks ahead
+// (no shared memory, no barriers for the weights).
 //
-// The k order inside a 64-wide block is free as long as A and B agree: the layout's word (s, h) of
-// lane t holds k = 32s + 16h + 4t + {0..3}, which the mma reads as step s's k32 columns 16h + 4t..
-// X is staged once per CTA into shared memory with each block's 4-byte words permuted the same way
-// (word 4t + 2s + h), so the lane's B fragments of both steps are one 16-byte shared load.
+// The k order inside a block is free as long as A and B agree: word j of lane t holds k = 16j + 4t +
+// {0..3}, which the mma reads as step j's columns 2t, 2t+1, 2t+8, 2t+9. X is staged per round of
+// kDecodeRoundBlocks blocks (double-buffered: the next round's FP8 vectors wait in registers while
+// this round computes), each block's FP16 values permuted so that a lane's B fragments of the four
+// steps are two 16-byte shared loads (decode_fragments.h).
 //
-// Numerics as the wgmma kernel and the CPU reference: exact INT4 -> FP8, an FP32 partial sum per K
-// group promoted by the group's FP8 scale, a_scale * s_inv in the shared epilogue.
+// Numerics as the wgmma kernel and the CPU reference: exact INT4 and FP8 operands, an FP32 partial
+// sum per K group promoted by the group's FP8 scale, a_scale * s_inv in the shared epilogue.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -29,7 +34,6 @@ namespace {
 
 constexpr int kDecodeWarps = 8;  // 2 tiles x 4 slices of 16 rows: one tile pair
 constexpr int kDecodeThreads = 32 * kDecodeWarps;
-constexpr int kPrefetchBlocks = 8;  // 16-byte weight loads in flight per lane
 
 // Read-once weight stream: skip L1, ask L2 for the whole 256-byte sector group.
 __device__ __forceinline__ uint4 load_streaming(const uint8_t* address) {
@@ -40,11 +44,21 @@ __device__ __forceinline__ uint4 load_streaming(const uint8_t* address) {
   return v;
 }
 
-__device__ __forceinline__ void mma_fp8_m16n8k32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+// D += A * B on f16 inputs with FP32 accumulation. Hopper has no FP8 mma.sync: ptxas lowers the
+// e4m3 form to FP8 -> FP16 conversions plus this instruction, so the kernel feeds it FP16 directly.
+__device__ __forceinline__ void mma_f16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes of shared memory at a 32-bit shared-window address (computed once per round, so the
+// per-block loads are one instruction with a constant offset).
+__device__ __forceinline__ uint4 load_shared_16(uint32_t address) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));
+  return v;
 }
 
 // Two e4m3 group scales (rows r0 in the low byte, r0 + 8 in the high byte) -> floats. e4m3 is a
@@ -54,19 +68,38 @@ __device__ __forceinline__ float2 decode_scale_pair(uint32_t codes) {
   return __half22float2(__half2(raw));
 }
 
-// X[:, k_begin : k_begin + k_len] into shared memory, rows x_stride apart, each 64-byte block's
-// words permuted as decode_x_word_position says (see the file comment).
-__device__ __forceinline__ void stage_x(const KernelParams& p, uint8_t* x_shared, int k_begin, int k_len) {
-  const int vectors_per_row = k_len / 16;
-  for (int v = threadIdx.x; v < p.m * vectors_per_row; v += blockDim.x) {
-    const int token = v / vectors_per_row;
-    const int column = v % vectors_per_row;
-    const uint4 data = __ldg(reinterpret_cast<const uint4*>(p.x + static_cast<size_t>(token) * p.k + k_begin) + column);
-    uint32_t* row = reinterpret_cast<uint32_t*>(x_shared + token * p.x_stride);
-    row[decode_x_word_position(column, 0)] = data.x;
-    row[decode_x_word_position(column, 1)] = data.y;
-    row[decode_x_word_position(column, 2)] = data.z;
-    row[decode_x_word_position(column, 3)] = data.w;
+// One round of X (the CTA's K range [k_begin, k_begin + 64 * round_blocks)) as FP8 16-byte vectors,
+// held in registers while the previous round computes: vector v of the round is token v / (4 *
+// round_blocks), column v % (4 * round_blocks); thread t holds vectors t, t + 256, ...
+template <int TokenTile>
+__device__ __forceinline__ void load_x_round(const KernelParams& p, uint4 (&vectors)[TokenTile / 8], int k_begin,
+                                             int round_blocks) {
+  const int columns = 4 * round_blocks;
+#pragma unroll
+  for (int i = 0; i < TokenTile / 8; ++i) {
+    const int v = threadIdx.x + i * kDecodeThreads;
+    if (v < p.m * columns)
+      vectors[i] = __ldg(reinterpret_cast<const uint4*>(p.x + static_cast<size_t>(v / columns) * p.k + k_begin) +
+                         v % columns);
+  }
+}
+
+// ... then converted to FP16 and stored where decode_x_f16_offset says (the lanes' B fragments).
+template <int TokenTile>
+__device__ __forceinline__ void store_x_round(const KernelParams& p, const uint4 (&vectors)[TokenTile / 8],
+                                              uint8_t* x_round, int round_blocks) {
+  const int columns = 4 * round_blocks;
+#pragma unroll
+  for (int i = 0; i < TokenTile / 8; ++i) {
+    const int v = threadIdx.x + i * kDecodeThreads;
+    if (v >= p.m * columns) break;
+    uint8_t* row = x_round + (v / columns) * kDecodeXRowBytes;
+    const int column = v % columns;
+    const uint32_t words[4] = {vectors[i].x, vectors[i].y, vectors[i].z, vectors[i].w};
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+      *reinterpret_cast<uint2*>(row + decode_x_f16_offset(column, w)) =
+          make_uint2(fp8x2_to_f16x2_b(words[w]), fp8x2_to_f16x2_b(words[w] >> 16));
   }
 }
 
@@ -104,14 +137,18 @@ __device__ __forceinline__ void decode_splitk_fixup(const KernelParams& p, float
   store_tile<TokenTile>(p, y, tile, 0, slice, lane);
 }
 
-// Two CTAs per SM up to 16 tokens (~110 registers; three would spill), one for the 32- and
-// 64-token tiles (2-4x the accumulators): decode_ctas_per_sm, which the dispatch assumes.
-template <int TokenTile>
+// Two CTAs per SM up to 16 tokens, one for the 32- and 64-token tiles (2-4x the accumulators):
+// decode_ctas_per_sm, which the dispatch assumes. BlocksPerGroup (1 or 2: group 64 or 128) is a
+// template argument so that every weight address inside a round is a constant offset.
+template <int TokenTile, int BlocksPerGroup>
 __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
     w4a8_gemm_decode_kernel(const KernelParams p) {
   constexpr int kNTiles = TokenTile / 8;
+  constexpr int kRecordBytes = pair_record_bytes(BlocksPerGroup);
+  constexpr int kRoundBytes = kDecodeRoundBlocks / BlocksPerGroup * kRecordBytes;  // of records per round
   extern __shared__ uint4 x_shared_raw[];
-  uint8_t* x_shared = reinterpret_cast<uint8_t*>(x_shared_raw);
+  uint8_t* x_shared = reinterpret_cast<uint8_t*>(x_shared_raw);  // two rounds of p.m FP16 rows
+  const int round_x_bytes = p.m * kDecodeXRowBytes;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int pair = blockIdx.x;
@@ -120,60 +157,85 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
   const bool active = tile < p.n_tiles;  // the second tile of an odd pair is zero padding
   const int group_begin = blockIdx.y * p.groups_per_split;
   const int group_end = min(p.groups, group_begin + p.groups_per_split);
-  const int blocks = (group_end - group_begin) * p.blocks_per_group;
-  const int group_shift = p.blocks_per_group == 2 ? 1 : 0;
-  const int block_mask = p.blocks_per_group - 1;
-  const size_t record_bytes = pair_record_bytes(p.blocks_per_group);
-  const uint8_t* records = p.weights + (static_cast<size_t>(pair) * p.groups + group_begin) * record_bytes;
-  const int code_offset = decode_code_offset(warp, lane, 0, p.blocks_per_group);
-  const int scale_offset = decode_scale_offset(warp, lane, p.blocks_per_group);
+  const int blocks = (group_end - group_begin) * BlocksPerGroup;
+  const int k_begin = group_begin * BlocksPerGroup * kBlockK;
+  const uint8_t* records = p.weights + (static_cast<size_t>(pair) * p.groups + group_begin) * kRecordBytes;
+  // The lane's codes and scales in the current round's records; block s of a round sits at the
+  // constant offset block_offset(s).
+  const uint8_t* round_codes = records + decode_code_offset(warp, lane, 0, BlocksPerGroup);
+  const uint8_t* round_scales = records + decode_scale_offset(warp, lane, BlocksPerGroup);
+  auto block_offset = [](int s) { return (s / BlocksPerGroup) * kRecordBytes + (s % BlocksPerGroup) * kChunkBytes; };
 
-  uint4 codes[kPrefetchBlocks];
-  uint32_t scales[kPrefetchBlocks];  // the block's group scales for rows r0 and r0 + 8
-  auto load_block = [&](int b, int slot) {
-    const uint8_t* record = records + static_cast<size_t>(b >> group_shift) * record_bytes;
-    codes[slot] = load_streaming(record + code_offset + (b & block_mask) * kChunkBytes);
-    scales[slot] = __ldg(record + scale_offset) | (static_cast<uint32_t>(__ldg(record + scale_offset + 8)) << 8);
+  uint4 codes[kDecodeRoundBlocks];
+  uint32_t scales[kDecodeRoundBlocks];  // at a group's last block: its scales for rows r0, r0 + 8
+  auto load_block = [&](const uint8_t* codes_base, const uint8_t* scales_base, int s) {
+    codes[s] = load_streaming(codes_base + block_offset(s));
+    if (s % BlocksPerGroup == BlocksPerGroup - 1) {
+      const uint8_t* scale = scales_base + (s / BlocksPerGroup) * kRecordBytes;
+      scales[s] = __ldg(scale) | (static_cast<uint32_t>(__ldg(scale + 8)) << 8);
+    }
   };
   // The first weight loads go out before X is staged: both latencies overlap.
   if (active)
 #pragma unroll
-    for (int s = 0; s < kPrefetchBlocks; ++s)
-      if (s < blocks) load_block(s, s);
-  stage_x(p, x_shared, group_begin * p.blocks_per_group * kBlockK, blocks * kBlockK);
+    for (int s = 0; s < kDecodeRoundBlocks; ++s)
+      if (s < blocks) load_block(round_codes, round_scales, s);
+  uint4 x_next[kNTiles];
+  load_x_round<TokenTile>(p, x_next, k_begin, min(blocks, kDecodeRoundBlocks));
+  store_x_round<TokenTile>(p, x_next, x_shared, min(blocks, kDecodeRoundBlocks));
   __syncthreads();
 
   float result[kNTiles][4] = {};
   float sums[kNTiles][4];
-  const uint8_t* x_lane = x_shared + decode_x_lane_offset(lane, 0);
-  if (active) {
-    for (int b0 = 0; b0 < blocks; b0 += kPrefetchBlocks) {
+  // The lane's B fragments of n8 tile j, block 0 of round 0 (decode_x_lane_offset); lanes of tokens
+  // past M read the last token's row: finite values in D columns that are never stored.
+  uint32_t x_lane[kNTiles];
 #pragma unroll
-      for (int s = 0; s < kPrefetchBlocks; ++s) {
-        const int b = b0 + s;
-        if (b >= blocks) break;
-        if ((b & block_mask) == 0)
+  for (int j = 0; j < kNTiles; ++j)
+    x_lane[j] = static_cast<uint32_t>(__cvta_generic_to_shared(x_shared)) +
+                min(8 * j + lane / 4, p.m - 1) * kDecodeXRowBytes + decode_x_lane_offset(lane, 0);
+  const int rounds = (blocks + kDecodeRoundBlocks - 1) / kDecodeRoundBlocks;
+  for (int round = 0; round < rounds; ++round) {
+    const int b0 = round * kDecodeRoundBlocks;
+    const int next_blocks = min(blocks - b0 - kDecodeRoundBlocks, kDecodeRoundBlocks);
+    if (next_blocks > 0) load_x_round<TokenTile>(p, x_next, k_begin + (b0 + kDecodeRoundBlocks) * kBlockK, next_blocks);
+    // Opaque to ptxas: otherwise it rematerializes the shared-window address for every block.
+    uint32_t x_round[kNTiles];
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      x_round[j] = x_lane[j] + (round & 1) * round_x_bytes;
+      asm volatile("" : "+r"(x_round[j]));
+    }
+    const uint8_t* next_codes = round_codes + kRoundBytes;
+    const uint8_t* next_scales = round_scales + kRoundBytes;
+    if (active) {
+#pragma unroll
+      for (int s = 0; s < kDecodeRoundBlocks; ++s) {
+        if (b0 + s >= blocks) break;
+        if (s % BlocksPerGroup == 0)
 #pragma unroll
           for (int j = 0; j < kNTiles; ++j)
 #pragma unroll
             for (int i = 0; i < 4; ++i) sums[j][i] = 0.0f;
-        const uint32_t a[2][4] = {
-            {int4x4_to_fp8x4(codes[s].x), int4x4_to_fp8x4(codes[s].x >> 16), int4x4_to_fp8x4(codes[s].y),
-             int4x4_to_fp8x4(codes[s].y >> 16)},
-            {int4x4_to_fp8x4(codes[s].z), int4x4_to_fp8x4(codes[s].z >> 16), int4x4_to_fp8x4(codes[s].w),
-             int4x4_to_fp8x4(codes[s].w >> 16)}};
+        uint32_t a[4][4];  // k16 step j's A fragment from layout word j
+        int4x8_to_f16_fragment(codes[s].x, a[0]);
+        int4x8_to_f16_fragment(codes[s].y, a[1]);
+        int4x8_to_f16_fragment(codes[s].z, a[2]);
+        int4x8_to_f16_fragment(codes[s].w, a[3]);
         const uint32_t scale_codes = scales[s];
-        if (b + kPrefetchBlocks < blocks) load_block(b + kPrefetchBlocks, s);
+        if (b0 + s + kDecodeRoundBlocks < blocks) load_block(next_codes, next_scales, s);
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j) {
           if (8 * j >= p.m) break;
-          const int token = 8 * j + lane / 4;
-          const uint4 x = token < p.m ? *reinterpret_cast<const uint4*>(x_lane + token * p.x_stride + b * kBlockK)
-                                      : make_uint4(0, 0, 0, 0);
-          mma_fp8_m16n8k32(sums[j], a[0], x.x, x.y);
-          mma_fp8_m16n8k32(sums[j], a[1], x.z, x.w);
+          const uint32_t b_address = x_round[j] + decode_x_lane_offset(0, s);
+          const uint4 b01 = load_shared_16(b_address);
+          const uint4 b23 = load_shared_16(b_address + 16);
+          mma_f16_m16n8k16(sums[j], a[0], b01.x, b01.y);
+          mma_f16_m16n8k16(sums[j], a[1], b01.z, b01.w);
+          mma_f16_m16n8k16(sums[j], a[2], b23.x, b23.y);
+          mma_f16_m16n8k16(sums[j], a[3], b23.z, b23.w);
         }
-        if ((b & block_mask) == block_mask) {
+        if (s % BlocksPerGroup == BlocksPerGroup - 1) {
           const float2 sigma = decode_scale_pair(scale_codes);
 #pragma unroll
           for (int j = 0; j < kNTiles; ++j) {
@@ -185,6 +247,12 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
         }
       }
     }
+    round_codes = next_codes;
+    round_scales = next_scales;
+    // The other buffer was last read in the previous round, before the barrier that ended it.
+    if (next_blocks > 0)
+      store_x_round<TokenTile>(p, x_next, x_shared + ((round + 1) & 1) * round_x_bytes, next_blocks);
+    __syncthreads();
   }
 
   float y[TokenTile / 2];
@@ -197,15 +265,23 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
   }
 }
 
-template <int TokenTile>
-void launch(const KernelParams& p, dim3 grid, size_t shared_bytes, cudaStream_t stream) {
+template <int TokenTile, int BlocksPerGroup>
+void launch(const KernelParams& p, dim3 grid, cudaStream_t stream) {
   static std::once_flag configured;
   std::call_once(configured, [] {
-    FIREQ_CUDA_CHECK(cudaFuncSetAttribute(w4a8_gemm_decode_kernel<TokenTile>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kDecodeXBudgetBytes));
+    FIREQ_CUDA_CHECK(cudaFuncSetAttribute(w4a8_gemm_decode_kernel<TokenTile, BlocksPerGroup>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, decode_shared_bytes(TokenTile)));
   });
-  w4a8_gemm_decode_kernel<TokenTile><<<grid, kDecodeThreads, shared_bytes, stream>>>(p);
+  w4a8_gemm_decode_kernel<TokenTile, BlocksPerGroup><<<grid, kDecodeThreads, decode_shared_bytes(p.m), stream>>>(p);
   FIREQ_CUDA_CHECK_LAUNCH();
+}
+
+template <int TokenTile>
+void launch_tile(const KernelParams& p, dim3 grid, cudaStream_t stream) {
+  if (p.blocks_per_group == 2)
+    launch<TokenTile, 2>(p, grid, stream);
+  else
+    launch<TokenTile, 1>(p, grid, stream);
 }
 
 }  // namespace
@@ -213,18 +289,14 @@ void launch(const KernelParams& p, dim3 grid, size_t shared_bytes, cudaStream_t 
 void launch_decode_gemm(KernelParams p, const GemmConfig& c, cudaStream_t stream) {
   if (p.m > c.token_tile || c.token_tile > kDecodeMaxM)
     fail("gemm_w4a8: decode token tile ", c.token_tile, " does not cover M = ", p.m, " (at most ", kDecodeMaxM, ")");
-  if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0) fail("gemm_w4a8: the decode kernel needs X aligned to 16 bytes");
-  p.x_stride = decode_x_stride(p.groups_per_split * p.blocks_per_group * kBlockK);
-  const size_t shared_bytes = static_cast<size_t>(p.m) * p.x_stride;
-  if (shared_bytes > kDecodeXBudgetBytes)
-    fail("gemm_w4a8: decode X slice of ", shared_bytes, " bytes (M = ", p.m, ", ", p.groups_per_split,
-         " groups per split) exceeds ", kDecodeXBudgetBytes, "; use more splits");
+  if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || p.k % 16 != 0)
+    fail("gemm_w4a8: the decode kernel needs X aligned to 16 bytes (X at ", static_cast<const void*>(p.x), ", K = ", p.k, ")");
   const dim3 grid(p.tile_pairs, p.splits);
   switch (c.token_tile) {
-    case 8: launch<8>(p, grid, shared_bytes, stream); break;
-    case 16: launch<16>(p, grid, shared_bytes, stream); break;
-    case 32: launch<32>(p, grid, shared_bytes, stream); break;
-    case 64: launch<64>(p, grid, shared_bytes, stream); break;
+    case 8: launch_tile<8>(p, grid, stream); break;
+    case 16: launch_tile<16>(p, grid, stream); break;
+    case 32: launch_tile<32>(p, grid, stream); break;
+    case 64: launch_tile<64>(p, grid, stream); break;
     default: fail("gemm_w4a8: decode token tile ", c.token_tile, " is not 8, 16, 32 or 64");
   }
 }
