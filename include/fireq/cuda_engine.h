@@ -2,9 +2,16 @@
 // a paged KV cache shared by several sequences, batched steps that mix prefill chunks and decode
 // tokens, and sampling on the GPU.
 //
-// This is the BF16 path (docs/ENGINE.md): weights in BF16, every linear through cuBLASLt (BF16
-// inputs, FP32 accumulation and output), the residual stream and RMSNorm in FP32, RoPE from the
-// same (cos, sin) table as the CPU reference, keys/values in a paged BF16 cache, attention in FP32.
+// Two paths (docs/ENGINE.md), chosen by the checkpoint:
+//  - BF16 (float checkpoints): weights in BF16, every linear through cuBLASLt (BF16 inputs, FP32
+//    accumulation and output), the residual stream and RMSNorm in FP32, RoPE from the same (cos,
+//    sin) table as the CPU reference, keys/values in a paged BF16 cache, attention in FP32.
+//  - FireQ (FireQ checkpoints, docs/FORMAT.md): INT4 weights in the GEMM's kernel layout, FP8
+//    per-token activations, FP8 queries, a paged INT4 KV cache; every op of a layer is a FireQ
+//    kernel (include/fireq/kernels/). The residual stream is BF16 (the GEMM epilogues read and
+//    write BF16); embeddings, final norm and lm_head stay BF16 (cuBLASLt).
+// Pure decode steps (one token per sequence) are replayed from CUDA graphs captured per batch
+// bucket (1, 2, 4, ...), padded to the bucket.
 //
 // Memory is planned once, at construction: weights, the activations of the largest step
 // (max_step_tokens tokens), the logits rows, and a pool of KV pages sized from the GPU memory left
@@ -21,6 +28,7 @@
 
 #include "fireq/engine.h"
 #include "fireq/model.h"
+#include "fireq/quant.h"
 #include "fireq/sampling.h"
 
 namespace fireq {
@@ -33,10 +41,19 @@ struct CudaEngineOptions {
   int page_size = 16;          // tokens per KV page
   int64_t kv_cache_bytes = 0;  // cap on the KV pool; 0: all memory left after the rest, less a reserve
   bool print_plan = true;      // print the memory plan to stderr at construction
+  bool cuda_graphs = true;     // replay pure decode steps from graphs (FireQ path)
+};
+
+// Which kernels the engine runs: the BF16 path or the FireQ path (INT4 weights with FP8 group
+// scales of group_size along K, FP8 activations, INT4 KV cache).
+struct CudaModelFormat {
+  bool fireq = false;
+  int group_size = 128;
 };
 
 // What the engine allocates, decided before any allocation.
 struct CudaMemoryPlan {
+  bool fireq = false;              // INT4 weights and pages (FireQ path), else BF16
   int64_t weight_bytes = 0;
   int64_t activation_bytes = 0;    // buffers of the largest step, logits, sampling, cuBLASLt workspace
   int64_t kv_bytes_per_page = 0;   // all layers, K and V
@@ -53,7 +70,8 @@ struct CudaMemoryPlan {
 // numbers) when the weights and activations do not fit, or when the KV pool cannot hold one
 // sequence of max_context tokens.
 CudaMemoryPlan plan_cuda_memory(const LlamaConfig& config, const CudaEngineOptions& options,
-                                int64_t gpu_free_bytes, int64_t gpu_total_bytes);
+                                int64_t gpu_free_bytes, int64_t gpu_total_bytes,
+                                const CudaModelFormat& format = {});
 
 // Number of CUDA devices (0 when there is no GPU or no driver); never throws.
 int cuda_device_count();
@@ -100,16 +118,28 @@ class CudaEngine final : public Engine, public BatchEngine {
  public:
   // Converts `weights` to BF16 on the GPU (the host copy is not kept).
   CudaEngine(const LlamaWeights& weights, const CudaEngineOptions& options = {});
-  // Weights drawn on the GPU: uniform in +-sqrt(3)*std with std 0.02 (norms around 1), seeded.
-  // For benchmarks of real shapes whose weights cannot be shipped.
+  // The FireQ path over a FireQ checkpoint: the linears are converted to the GEMM's kernel layout
+  // on the GPU (q|k|v stacked, gate|up interleaved). Fails, naming the tensor or recipe field, for
+  // what the kernels do not run: skipped (BF16) layers, biases, BF16 weight scales, K padded to the
+  // group, activations, queries or KV cache not quantized.
+  explicit CudaEngine(const QuantizedModel& model, const CudaEngineOptions& options = {});
+  // Weights drawn on the GPU: uniform in +-sqrt(3)*std with std 0.02 (norms around 1), seeded;
+  // for the FireQ format, INT4 codes uniform in [-7, 7] with group scales of the same std, drawn in
+  // the checkpoint's layout and converted like a loaded checkpoint. For benchmarks of real shapes
+  // whose weights cannot be shipped.
   static std::unique_ptr<CudaEngine> with_random_weights(const LlamaConfig& config, uint64_t seed,
-                                                         const CudaEngineOptions& options = {});
+                                                         const CudaEngineOptions& options = {},
+                                                         const CudaModelFormat& format = {});
   ~CudaEngine() override;
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
 
   const LlamaConfig& config() const override;
   const CudaMemoryPlan& memory_plan() const;
+  const CudaModelFormat& format() const;
+  // Decode steps replayed from a CUDA graph, and graphs captured, since construction.
+  int64_t graph_replays() const;
+  int graphs_captured() const;
   int max_context() const override;  // Engine and BatchEngine
 
   // The Engine interface (engine.h), on a sequence the engine keeps for it.
@@ -138,6 +168,9 @@ class CudaEngine final : public Engine, public BatchEngine {
   // same tokens as fireq::Sampler up to the order of floating-point sums.
   std::vector<int32_t> sample(std::span<const uint8_t> draw = {}) override;
   void set_sampling(int sequence, const SamplingOptions& options) override;
+
+  // Turns decode graphs on or off (options.cuda_graphs at construction); for measuring their gain.
+  void set_cuda_graphs(bool on);
 
   // Waits for the GPU (for timing).
   void synchronize() const;

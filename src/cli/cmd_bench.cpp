@@ -1,6 +1,7 @@
 // fireq bench: end-to-end timings of the CUDA engine on real Llama shapes with random weights
-// drawn on the GPU (real weights cannot reach the device): TTFT, prefill and decode throughput,
-// the decode roofline, peak memory, and a per-op profile of one prefill and one decode step.
+// drawn on the GPU in the checkpoint's formats (real weights cannot reach the device), on the FireQ
+// path or the BF16 path: TTFT, prefill and decode throughput (decode with and without CUDA
+// graphs), the decode roofline, peak memory, and a per-op profile of one prefill and one decode step.
 // Writes the rows of bench/results/e2e-*.json (schema: ../shared/BENCH_RESULTS.md); peers are
 // merged in by bench/e2e/merge_results.py from the same device run.
 #include <algorithm>
@@ -26,15 +27,13 @@ std::unique_ptr<Engine> device_engine(const std::string& device, const std::stri
                                       const LlamaWeights& weights, int max_context, int max_step_tokens) {
   if (device == "cpu") return nullptr;
   if (device != "cuda") fail("--device: '", device, "' is not a device (cpu, cuda)");
-  if (is_fireq_checkpoint(model_path))
-    fail("--device cuda: ", model_path, " is a FireQ checkpoint, and the CUDA engine runs only its BF16 path so far "
-         "(float checkpoints); use --device cpu for the checkpoint's simulated numerics");
 #ifdef FIREQ_HAVE_CUDA_RUNTIME
   if (cuda_device_count() == 0) fail("--device cuda: no CUDA GPU is present");
-  return std::make_unique<CudaEngine>(weights, CudaEngineOptions{.max_context = max_context,
-                                                                 .max_step_tokens = max_step_tokens,
-                                                                 .max_sequences = 1,
-                                                                 .max_logit_rows = max_step_tokens});
+  const CudaEngineOptions options{.max_context = max_context, .max_step_tokens = max_step_tokens,
+                                  .max_sequences = 1, .max_logit_rows = max_step_tokens};
+  // A FireQ checkpoint runs the FireQ path (its INT4 linears converted at load), anything else BF16.
+  if (is_fireq_checkpoint(model_path)) return std::make_unique<CudaEngine>(load_quantized_checkpoint(model_path), options);
+  return std::make_unique<CudaEngine>(weights, options);
 #else
   fail("--device cuda: this build has no CUDA (nvcc was not found)");
 #endif
@@ -161,7 +160,7 @@ class Bench {
       engine_.step(chunks);
       next = engine_.sample();
     };
-    for (int i = 0; i < 3; ++i) one_step();  // warm-up: cuBLASLt plans for this batch
+    for (int i = 0; i < 3; ++i) one_step();  // warm-up: cuBLASLt plans, the decode graph for this batch
     engine_.synchronize();
     const auto start = Clock::now();
     for (int i = 0; i < steps; ++i) one_step();
@@ -209,6 +208,9 @@ int run_bench(int argc, char** argv) {
              {"decode-steps", "timed decode steps", "32"},
              {"reps", "timed repetitions of each prefill (median)", "3"},
              {"seed", "seed of the random weights and tokens", "1"},
+             {"path", "engine path: fireq (INT4 weights and KV, FP8 activations) or bf16", "fireq"},
+             {"group-size", "FireQ weight group size along K (64 or 128)", "128"},
+             {"max-context", "tokens per sequence the engine plans for (0: what the cases need)", "0"},
              {"out", "write the result rows here (JSON)", ""}});
   if (!args.parse(argc, argv)) return 0;
   if (!args.positional().empty()) fail("unexpected argument '", args.positional()[0], "'");
@@ -223,25 +225,30 @@ int run_bench(int argc, char** argv) {
   const int steps = int_list(args.str("decode-steps"), "decode-steps")[0];
   const int reps = int_list(args.str("reps"), "reps")[0];
   const long long seed = args.integer("seed");
+  const std::string path = args.str("path");
+  if (path != "fireq" && path != "bf16") fail("--path: '", path, "' is not fireq or bf16");
+  const CudaModelFormat format{.fireq = path == "fireq", .group_size = static_cast<int>(args.integer("group-size"))};
+  const std::string variant = "ours:" + path;
 
   const int longest_prompt = std::max(*std::max_element(ttft.begin(), ttft.end()),
                                       *std::max_element(prefill_lengths.begin(), prefill_lengths.end()));
   const int max_batch = std::max(prefill_batch, *std::max_element(decode_batches.begin(), decode_batches.end()));
   CudaEngineOptions options{
-      .max_context = std::max(longest_prompt, context + steps + 8),
+      .max_context = std::max({longest_prompt, context + steps + 8, static_cast<int>(args.integer("max-context"))}),
       .max_step_tokens = std::max(longest_prompt, prefill_batch * *std::max_element(prefill_lengths.begin(),
                                                                                       prefill_lengths.end())),
       .max_sequences = max_batch,
       .max_logit_rows = max_batch};
-  std::fprintf(stderr, "[bench] %s: %d layers, hidden %d, %d/%d heads, vocab %d; BF16 path, random weights\n",
+  std::fprintf(stderr, "[bench] %s: %d layers, hidden %d, %d/%d heads, vocab %d; %s path, random weights\n",
                shape.c_str(), config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-               config.num_key_value_heads, config.vocab_size);
+               config.num_key_value_heads, config.vocab_size, format.fireq ? "FireQ" : "BF16");
   const auto load_start = Clock::now();
-  const std::unique_ptr<CudaEngine> engine = CudaEngine::with_random_weights(config, seed, options);
+  const std::unique_ptr<CudaEngine> engine = CudaEngine::with_random_weights(config, seed, options, format);
   std::fprintf(stderr, "[bench] weights drawn in %.1f s\n",
                std::chrono::duration<double>(Clock::now() - load_start).count());
   const CudaDeviceInfo device = cuda_device_info();
   const CudaMemoryPlan& plan = engine->memory_plan();
+  std::fprintf(stderr, "[bench] %s\n", plan.describe().c_str());
   const double weight_bytes = static_cast<double>(plan.weight_bytes);
   const double kv_bytes_per_token = static_cast<double>(plan.kv_bytes_per_page) / plan.page_size;
 
@@ -250,7 +257,7 @@ int run_bench(int argc, char** argv) {
   for (const int length : ttft) {
     const double s = bench.prefill(1, length, reps, nullptr);
     std::fprintf(stderr, "[bench] TTFT batch 1, prompt %d: %.2f ms\n", length, s * 1e3);
-    rows.push_back({{"case", "ttft"}, {"shape", shape}, {"batch", 1}, {"prompt", length}, {"variant", "ours:bf16"},
+    rows.push_back({{"case", "ttft"}, {"shape", shape}, {"batch", 1}, {"prompt", length}, {"variant", variant},
                     {"us", s * 1e6}, {"ms", s * 1e3}});
   }
   for (const int length : prefill_lengths) {
@@ -260,27 +267,35 @@ int run_bench(int argc, char** argv) {
     std::fprintf(stderr, "[bench] prefill batch %d x %d: %.1f ms, %.0f tokens/s\n", prefill_batch, length, s * 1e3, rate);
     print_profile("prefill", profile);
     rows.push_back({{"case", "prefill"}, {"shape", shape}, {"batch", prefill_batch}, {"prompt", length},
-                    {"variant", "ours:bf16"}, {"us", s * 1e6}, {"tok_s", rate}, {"profile", profile_json(profile)}});
+                    {"variant", variant}, {"us", s * 1e6}, {"tok_s", rate}, {"profile", profile_json(profile)}});
   }
   for (const int batch : decode_batches) {
+    // Without graphs first (the graph path's number is the one reported as the variant).
+    engine->set_cuda_graphs(false);
+    const double eager = bench.decode(batch, context, steps, options.max_step_tokens, nullptr);
+    engine->set_cuda_graphs(true);
+    const int64_t replays_before = engine->graph_replays();
     std::vector<std::pair<std::string, double>> profile;
     const double s = bench.decode(batch, context, steps, options.max_step_tokens, &profile);
+    const bool graphs = engine->graph_replays() > replays_before;
     const double bytes = weight_bytes + batch * (context + 1.0) * kv_bytes_per_token;
     const double roofline = bytes / kHbmBytesPerSecond / s;
-    std::fprintf(stderr, "[bench] decode batch %d at context %d: %.3f ms/step, %.1f tokens/s, %.0f%% of the BF16 "
-                 "roofline (%.2f GB/step at 3.0 TB/s)\n", batch, context, s * 1e3, batch / s, 100 * roofline,
-                 bytes / 1e9);
+    std::fprintf(stderr, "[bench] decode batch %d at context %d: %.3f ms/step, %.1f tokens/s, %.0f%% of the %s "
+                 "roofline (%.2f GB/step at 3.0 TB/s); %s: %.3f ms/step without graphs (%.2fx)\n", batch, context,
+                 s * 1e3, batch / s, 100 * roofline, format.fireq ? "INT4" : "BF16", bytes / 1e9,
+                 graphs ? "CUDA graphs" : "no graphs", eager * 1e3, eager / s);
     print_profile("decode", profile);
     rows.push_back({{"case", "decode"}, {"shape", shape}, {"batch", batch}, {"context", context},
-                    {"variant", "ours:bf16"}, {"us", s * 1e6}, {"tok_s", batch / s}, {"bytes_per_step", bytes},
-                    {"roofline_fraction", roofline}, {"gbps", bytes / s / 1e9}, {"profile", profile_json(profile)}});
+                    {"variant", variant}, {"us", s * 1e6}, {"tok_s", batch / s}, {"bytes_per_step", bytes},
+                    {"roofline_fraction", roofline}, {"gbps", bytes / s / 1e9}, {"cuda_graphs", graphs},
+                    {"us_without_graphs", eager * 1e6}, {"profile", profile_json(profile)}});
   }
   const double peak_gib = static_cast<double>(device.total_bytes - device.free_bytes) / (1 << 30);
   std::fprintf(stderr, "[bench] GPU memory in use (everything is allocated up front): %.2f GiB\n", peak_gib);
-  rows.push_back({{"case", "peak_memory"}, {"shape", shape}, {"variant", "ours:bf16"}, {"gib", peak_gib},
+  rows.push_back({{"case", "peak_memory"}, {"shape", shape}, {"variant", variant}, {"gib", peak_gib},
                   {"plan", plan.describe()}});
 
-  Json result = {{"area", "e2e"}, {"device", device.name}, {"rows", rows}};
+  Json result = {{"area", "e2e"}, {"device", device.name}, {"path", path}, {"rows", rows}};
   const std::string text = result.dump(1) + "\n";
   if (const auto out = args.get("out")) {
     write_file_atomic(*out, std::as_bytes(std::span(text)));

@@ -112,7 +112,7 @@ int run_generate(int argc, char** argv) {
              {"system", "system message for --chat (default: the chat template's own, if any)", ""},
              {"bos", "prepend the tokenizer's BOS token", "", true},
              {"threads", "BLAS threads (0 = all cores)", "0"},
-             {"device", "cpu, or cuda (the CUDA engine's BF16 path)", "cpu"}});
+             {"device", "cpu, or cuda (the CUDA engine: FireQ path for a FireQ checkpoint, else BF16)", "cpu"}});
   if (!args.parse(argc, argv)) return 0;
   if (!args.positional().empty()) fail("unexpected argument '", args.positional()[0], "'");
   const std::string prompt = args.str("prompt");

@@ -55,7 +55,7 @@ int run_ppl(int argc, char** argv) {
              {"max-windows", "evaluate the first N windows (0 = all)", "16"},
              {"chunk", "tokens per forward call inside a window", "512"},
              {"threads", "BLAS threads (0 = all cores)", "0"},
-             {"device", "cpu, or cuda (the CUDA engine's BF16 path)", "cpu"}});
+             {"device", "cpu, or cuda (the CUDA engine: FireQ path for a FireQ checkpoint, else BF16)", "cpu"}});
   if (!args.parse(argc, argv)) return 0;
   if (!args.positional().empty()) fail("unexpected argument '", args.positional()[0], "'");
   auto int_flag = [&](const char* name, long long min) {

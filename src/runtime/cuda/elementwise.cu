@@ -18,20 +18,28 @@ constexpr int kRowThreads = 1024;
 __device__ __forceinline__ uint16_t to_bf16(float x) { return bf16_from_float(x); }
 __device__ __forceinline__ float from_bf16(uint16_t x) { return bf16_to_float(x); }
 
-__global__ void embed_kernel(const uint16_t* table, const int32_t* ids, int hidden, float* residual) {
+__device__ __forceinline__ float as_float(float x) { return x; }
+__device__ __forceinline__ float as_float(uint16_t bf16) { return from_bf16(bf16); }
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store(uint16_t* p, float x) { *p = to_bf16(x); }  // exact: x came from BF16
+
+// The residual stream is FP32 on the BF16 path, BF16 on the FireQ path (its GEMM epilogues).
+template <typename Residual>
+__global__ void embed_kernel(const uint16_t* table, const int32_t* ids, int hidden, Residual* residual) {
   const int token = blockIdx.x;
   const uint16_t* row = table + size_t(ids[token]) * hidden;
-  float* out = residual + size_t(token) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = from_bf16(row[i]);
+  Residual* out = residual + size_t(token) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) store(out + i, from_bf16(row[i]));
 }
 
-__global__ void rms_norm_kernel(const float* x, const int32_t* rows, int width, const float* gamma,
+template <typename Residual>
+__global__ void rms_norm_kernel(const Residual* x, const int32_t* rows, int width, const float* gamma,
                                 double eps, uint16_t* out) {
   const int r = blockIdx.x;
-  const float* row = x + size_t(rows ? rows[r] : r) * width;
+  const Residual* row = x + size_t(rows ? rows[r] : r) * width;
   double sum_squares = 0;
 #pragma unroll 4
-  for (int i = threadIdx.x; i < width; i += blockDim.x) sum_squares += double(row[i]) * row[i];
+  for (int i = threadIdx.x; i < width; i += blockDim.x) sum_squares += double(as_float(row[i])) * as_float(row[i]);
   __shared__ double partial[kRowThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, offset);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum_squares;
@@ -41,7 +49,8 @@ __global__ void rms_norm_kernel(const float* x, const int32_t* rows, int width, 
   const float inv_rms = float(1.0 / sqrt(total / width + eps));
   uint16_t* y = out + size_t(r) * width;
 #pragma unroll 4
-  for (int i = threadIdx.x; i < width; i += blockDim.x) y[i] = to_bf16(__fmul_rn(gamma[i], __fmul_rn(row[i], inv_rms)));
+  for (int i = threadIdx.x; i < width; i += blockDim.x)
+    y[i] = to_bf16(__fmul_rn(gamma[i], __fmul_rn(as_float(row[i]), inv_rms)));
 }
 
 // One block per token: rotate q heads into q_out, k heads into the cache, copy v into the cache.
@@ -110,6 +119,15 @@ __global__ void fill_f32_kernel(float* out, size_t count, uint64_t seed, float o
     out[i] = offset + amplitude * hash_uniform(seed, i);
 }
 
+// Bytes of two INT4 codes uniform in [-7, 7] (symmetric: no mean for the residual stream to drift on).
+__global__ void fill_int4_kernel(uint8_t* out, size_t bytes, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < bytes; i += size_t(gridDim.x) * blockDim.x) {
+    const int lo = min(7, int(floorf((hash_uniform(seed, 2 * i) + 1.0f) * 7.5f)) - 7);
+    const int hi = min(7, int(floorf((hash_uniform(seed, 2 * i + 1) + 1.0f) * 7.5f)) - 7);
+    out[i] = uint8_t((lo & 0xF) | ((hi & 0xF) << 4));
+  }
+}
+
 int fill_grid(size_t count) { return int(std::min<size_t>((count + kThreads - 1) / kThreads, 132 * 32)); }
 
 }  // namespace
@@ -120,9 +138,26 @@ void embed_tokens(const uint16_t* table, const int32_t* ids, int tokens, int hid
   FIREQ_CUDA_CHECK_LAUNCH();
 }
 
+void embed_tokens(const uint16_t* table, const int32_t* ids, int tokens, int hidden, uint16_t* residual,
+                  cudaStream_t stream) {
+  embed_kernel<<<tokens, kThreads, 0, stream>>>(table, ids, hidden, residual);
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
 void rms_norm_to_bf16(const float* x, const int32_t* rows, int count, int width, const float* gamma,
                       double eps, uint16_t* out, cudaStream_t stream) {
   rms_norm_kernel<<<count, kRowThreads, 0, stream>>>(x, rows, width, gamma, eps, out);
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
+void rms_norm_to_bf16(const uint16_t* x, const int32_t* rows, int count, int width, const float* gamma,
+                      double eps, uint16_t* out, cudaStream_t stream) {
+  rms_norm_kernel<<<count, kRowThreads, 0, stream>>>(x, rows, width, gamma, eps, out);
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
+void fill_random_int4(uint8_t* packed, size_t bytes, uint64_t seed, cudaStream_t stream) {
+  fill_int4_kernel<<<fill_grid(bytes), kThreads, 0, stream>>>(packed, bytes, seed);
   FIREQ_CUDA_CHECK_LAUNCH();
 }
 

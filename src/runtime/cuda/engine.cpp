@@ -1,17 +1,22 @@
 // The CUDA engine's host side: weights and buffers (from the memory plan), the KV page pool and
 // the sequences that own pages, and one step = one pass over the layers for every token of every
-// chunk (the order of ops is the CPU reference engine's, src/runtime/cpu/engine.cpp).
+// chunk (the order of ops is the CPU reference engine's, src/runtime/cpu/engine.cpp). The FireQ
+// path's layers live in fireq_path.cpp; pure decode steps on it replay CUDA graphs.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <set>
 #include <utility>
 
 #include "fireq/cuda_check.h"
 #include "fireq/cuda_engine.h"
 #include "fireq/error.h"
 #include "fireq/numerics.h"
+#include "device_arena.h"
+#include "fireq_path.h"
 #include "gemm_bf16.h"
 #include "kernels.h"
 #include "plan_sizes.h"
@@ -21,29 +26,6 @@ namespace fireq {
 using namespace cuda_runtime;
 
 namespace {
-
-// One cudaMalloc carved into aligned buffers; freed as a whole.
-class DeviceArena {
- public:
-  explicit DeviceArena(int64_t bytes) : capacity_(bytes) { FIREQ_CUDA_CHECK(cudaMalloc(&base_, bytes)); }
-  ~DeviceArena() { cudaFree(base_); }
-  DeviceArena(const DeviceArena&) = delete;
-  DeviceArena& operator=(const DeviceArena&) = delete;
-  template <typename T>
-  T* take(int64_t count, const char* what) {
-    const int64_t bytes = (count * int64_t(sizeof(T)) + 255) / 256 * 256;
-    if (used_ + bytes > capacity_)
-      fail("CUDA engine: buffer '", what, "' overflows its arena (", used_ + bytes, " > ", capacity_,
-           " bytes): the memory plan is out of date");
-    T* p = reinterpret_cast<T*>(static_cast<char*>(base_) + used_);
-    used_ += bytes;
-    return p;
-  }
-
- private:
-  void* base_ = nullptr;
-  int64_t capacity_ = 0, used_ = 0;
-};
 
 struct LayerWeights {
   float* attn_norm;
@@ -71,6 +53,23 @@ std::vector<uint16_t> to_bf16(const float* data, size_t count) {
 void check_tensor(const FloatTensor& t, int64_t rows, int64_t cols, const std::string& name) {
   if (t.numel() != rows * cols || static_cast<int64_t>(t.data.size()) != rows * cols)
     fail("CUDA engine: model weight ", name, " has ", t.data.size(), " values, expected [", rows, ", ", cols, "]");
+}
+
+void put_bf16(uint16_t* dst, const FloatTensor& t, int64_t rows, int64_t cols, const std::string& name) {
+  check_tensor(t, rows, cols, name);
+  const std::vector<uint16_t> b = to_bf16(t.data.data(), t.data.size());
+  FIREQ_CUDA_CHECK(cudaMemcpy(dst, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
+}
+
+void put_f32(float* dst, const FloatTensor& t, int64_t size, const std::string& name) {
+  check_tensor(t, size, 1, name);
+  FIREQ_CUDA_CHECK(cudaMemcpy(dst, t.data.data(), size * 4, cudaMemcpyHostToDevice));
+}
+
+int next_power_of_two(int n) {
+  int p = 1;
+  while (p < n) p *= 2;
+  return p;
 }
 
 int device_sm_count() {
@@ -105,6 +104,7 @@ CudaDeviceInfo cuda_device_info() {
 struct CudaEngine::Impl {
   LlamaConfig config;
   CudaEngineOptions options;
+  CudaModelFormat format;
   int max_context = 0;
   CudaMemoryPlan plan;
   int sm_count = 0;
@@ -115,7 +115,10 @@ struct CudaEngine::Impl {
   uint16_t* embeddings = nullptr;  // [vocab][hidden]
   uint16_t* lm_head = nullptr;     // == embeddings when tied
   float* final_norm = nullptr;
-  std::vector<LayerWeights> layers;
+  std::vector<LayerWeights> layers;             // BF16 path
+  std::unique_ptr<FireqLayers> fireq_layers;    // FireQ path
+  uint16_t* residual_bf16 = nullptr;            // FireQ path: the BF16 residual stream
+  int scratch_page = -1;                        // FireQ path: written by the padded rows of graphs
 
   float *residual = nullptr, *qkv = nullptr, *q = nullptr, *gate_up = nullptr, *logits = nullptr;
   float *rope_table = nullptr, *attention_workspace = nullptr;
@@ -147,15 +150,37 @@ struct CudaEngine::Impl {
   std::vector<std::pair<const char*, cudaEvent_t>> marks;  // this step's, in order
   std::vector<cudaEvent_t> spare_events;
   std::vector<std::pair<std::string, double>> profile;
+
+  // Decode graphs by (batch bucket, context bucket): a key's first step runs eagerly (cuBLASLt
+  // tunes, kernels set their attributes), its second is captured, later ones replay.
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
+  std::set<std::pair<int, int>> warmed_up;
+  int64_t graph_replays = 0;
+
   void mark(const char* op);
   void collect_profile();
 
-  Impl(const LlamaConfig& c, const CudaEngineOptions& o);
+  Impl(const LlamaConfig& c, const CudaEngineOptions& o, const CudaModelFormat& f);
   ~Impl();
   void allocate_weights();
   void upload(const LlamaWeights& w);
+  void upload(const QuantizedModel& model);
   void randomize(uint64_t seed);
   void run(std::span<const Chunk> chunks, bool all_logits);
+
+  // What one step's launches need beyond the metadata's device copy.
+  struct Launch {
+    StepMetadata step;           // BF16 path
+    AttentionArgs attention;     // BF16 path
+    FireqStep fireq;             // FireQ path
+    const int32_t* logit_rows = nullptr;
+    int rows = 0;
+  };
+  void launch_forward(const Launch& launch);
+  void replay_or_capture(std::pair<int, int> key, const Launch& launch);
+  // The decode graph bucket for `chunks` one-token chunks: the next power of two, at most the
+  // engine's limits; 0 when graphs are off.
+  int graph_bucket(int chunks) const;
   int pages_needed(const Sequence& s, int more) const {
     return pages_per_sequence(s.length + more, options.page_size) - static_cast<int>(s.pages.size());
   }
@@ -166,7 +191,8 @@ struct CudaEngine::Impl {
   }
 };
 
-CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : config(c), options(o) {
+CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o, const CudaModelFormat& f)
+    : config(c), options(o), format(f) {
   if (cuda_device_count() == 0) fail("CUDA engine: no CUDA device is present");
   if (c.head_dim != 64 && c.head_dim != 128)
     fail("CUDA engine: head_dim ", c.head_dim, " is not supported by the BF16 attention (64 or 128)");
@@ -175,7 +201,7 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : confi
   max_context = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
   size_t free_bytes = 0, total_bytes = 0;
   FIREQ_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  plan = plan_cuda_memory(c, o, static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes));
+  plan = plan_cuda_memory(c, o, static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes), format);
   if (o.print_plan) std::fprintf(stderr, "[cuda] %s\n", plan.describe().c_str());
   sm_count = device_sm_count();
   FIREQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -184,19 +210,23 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : confi
   allocate_weights();
   const int64_t t = o.max_step_tokens, h = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
   const int64_t inter = c.intermediate_size;
-  activation_arena = std::make_unique<DeviceArena>(activation_arena_bytes(c, o, max_context));
+  activation_arena = std::make_unique<DeviceArena>(activation_arena_bytes(c, o, max_context, format));
   DeviceArena& a = *activation_arena;
-  residual = a.take<float>(t * h, "residual");
-  normed = a.take<uint16_t>(t * h, "normed");
-  qkv = a.take<float>(t * (qd + 2 * kvd), "qkv");
-  q = a.take<float>(t * qd, "q");
-  attended = a.take<uint16_t>(t * qd, "attended");
-  gate_up = a.take<float>(t * 2 * inter, "gate_up");
-  activated = a.take<uint16_t>(t * inter, "activated");
+  if (format.fireq) {
+    residual_bf16 = a.take<uint16_t>(t * h, "BF16 residual");
+  } else {
+    residual = a.take<float>(t * h, "residual");
+    normed = a.take<uint16_t>(t * h, "normed");
+    qkv = a.take<float>(t * (qd + 2 * kvd), "qkv");
+    q = a.take<float>(t * qd, "q");
+    attended = a.take<uint16_t>(t * qd, "attended");
+    gate_up = a.take<float>(t * 2 * inter, "gate_up");
+    activated = a.take<uint16_t>(t * inter, "activated");
+    attention_workspace = a.take<float>(attention_workspace_floats(kMaxSplitBlocks, c.head_dim), "attention");
+  }
   logits = a.take<float>(int64_t{o.max_logit_rows} * c.vocab_size, "logits");
   logit_inputs = a.take<uint16_t>(int64_t{o.max_logit_rows} * h, "logit inputs");
   rope_table = a.take<float>(int64_t{max_context} * c.head_dim, "rope table");
-  attention_workspace = a.take<float>(attention_workspace_floats(kMaxSplitBlocks, c.head_dim), "attention");
   metadata_capacity = metadata_ints(o, max_context);
   metadata = a.take<int32_t>(metadata_capacity, "metadata");
   gemm = std::make_unique<Bf16Gemm>(kGemmWorkspaceBytes, std::max({c.vocab_size, 2 * c.intermediate_size,
@@ -225,16 +255,23 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o) : confi
     }
   FIREQ_CUDA_CHECK(cudaMemcpy(rope_table, table.data(), table.size() * sizeof(float), cudaMemcpyHostToDevice));
 
-  pool = {.layers = c.num_hidden_layers, .num_pages = static_cast<int>(plan.kv_pages), .page_size = o.page_size,
-          .kv_heads = c.num_key_value_heads, .head_dim = c.head_dim};
-  kv_arena = std::make_unique<DeviceArena>(plan.kv_pages * plan.kv_bytes_per_page);
-  pool.base = kv_arena->take<uint16_t>(plan.kv_pages * plan.kv_bytes_per_page / 2, "KV pool");
+  kv_arena = std::make_unique<DeviceArena>(kv_arena_bytes(c, plan, format));
+  if (format.fireq) {
+    scratch_page = static_cast<int>(plan.kv_pages);
+    fireq_layers = std::make_unique<FireqLayers>(c, o, max_context, format.group_size, plan.kv_pages + 1, *weight_arena,
+                                                 *activation_arena, *kv_arena);
+  } else {
+    pool = {.layers = c.num_hidden_layers, .num_pages = static_cast<int>(plan.kv_pages), .page_size = o.page_size,
+            .kv_heads = c.num_key_value_heads, .head_dim = c.head_dim};
+    pool.base = kv_arena->take<uint16_t>(plan.kv_pages * plan.kv_bytes_per_page / 2, "KV pool");
+  }
   for (int p = pool.num_pages - 1; p >= 0; --p) free_pages.push_back(p);
   sequences.resize(o.max_sequences);
 }
 
 CudaEngine::Impl::~Impl() {
   if (stream) cudaStreamSynchronize(stream);
+  for (const auto& [key, exec] : graphs) cudaGraphExecDestroy(exec);
   for (const auto& [op, event] : marks) cudaEventDestroy(event);
   for (cudaEvent_t event : spare_events) cudaEventDestroy(event);
   cudaFree(sort_workspace);
@@ -277,11 +314,12 @@ void CudaEngine::Impl::collect_profile() {
 void CudaEngine::Impl::allocate_weights() {
   const LlamaConfig& c = config;
   const int64_t h = c.hidden_size, qkv_rows = c.q_dim() + 2 * int64_t{c.kv_dim()}, inter = c.intermediate_size;
-  weight_arena = std::make_unique<DeviceArena>(plan.weight_bytes + 256 * (8 * int64_t{c.num_hidden_layers} + 8));
+  weight_arena = std::make_unique<DeviceArena>(plan.weight_bytes);
   DeviceArena& a = *weight_arena;
   embeddings = a.take<uint16_t>(int64_t{c.vocab_size} * h, "embeddings");
   lm_head = c.tie_word_embeddings ? embeddings : a.take<uint16_t>(int64_t{c.vocab_size} * h, "lm_head");
   final_norm = a.take<float>(h, "final norm");
+  if (format.fireq) return;  // FireqLayers carves the layers
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     LayerWeights w{};
     w.attn_norm = a.take<float>(h, "attn_norm");
@@ -295,17 +333,16 @@ void CudaEngine::Impl::allocate_weights() {
   }
 }
 
+void CudaEngine::Impl::upload(const QuantizedModel& model) {
+  const LlamaConfig& c = config;
+  put_bf16(embeddings, model.tok_embeddings, c.vocab_size, c.hidden_size, "model.embed_tokens.weight");
+  if (!c.tie_word_embeddings) put_bf16(lm_head, model.lm_head, c.vocab_size, c.hidden_size, "lm_head.weight");
+  put_f32(final_norm, model.final_norm, c.hidden_size, "model.norm.weight");
+  fireq_layers->load(model, stream);
+}
+
 void CudaEngine::Impl::upload(const LlamaWeights& w) {
   const LlamaConfig& c = config;
-  auto put_bf16 = [&](uint16_t* dst, const FloatTensor& t, int64_t rows, int64_t cols, const std::string& name) {
-    check_tensor(t, rows, cols, name);
-    const std::vector<uint16_t> b = to_bf16(t.data.data(), t.data.size());
-    FIREQ_CUDA_CHECK(cudaMemcpy(dst, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
-  };
-  auto put_f32 = [&](float* dst, const FloatTensor& t, int64_t size, const std::string& name) {
-    check_tensor(t, size, 1, name);
-    FIREQ_CUDA_CHECK(cudaMemcpy(dst, t.data.data(), size * 4, cudaMemcpyHostToDevice));
-  };
   const int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), inter = c.intermediate_size;
   if (static_cast<int>(w.layers.size()) != c.num_hidden_layers)
     fail("CUDA engine: the model has ", w.layers.size(), " layers, its config says ", c.num_hidden_layers);
@@ -343,6 +380,7 @@ void CudaEngine::Impl::randomize(uint64_t seed) {
   linear(embeddings, int64_t{c.vocab_size} * h);
   if (!c.tie_word_embeddings) linear(lm_head, int64_t{c.vocab_size} * h);
   norm(final_norm, h);
+  if (fireq_layers) fireq_layers->randomize(seed, stream);
   for (const LayerWeights& w : layers) {
     norm(w.attn_norm, h);
     norm(w.ffn_norm, h);
@@ -355,9 +393,17 @@ void CudaEngine::Impl::randomize(uint64_t seed) {
   FIREQ_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+int CudaEngine::Impl::graph_bucket(int chunks) const {
+  if (!format.fireq || !options.cuda_graphs) return 0;
+  const int cap = std::min({options.max_sequences, options.max_step_tokens, options.max_logit_rows});
+  return std::min(next_power_of_two(chunks), cap);
+}
+
 // Metadata layout in one int32 buffer (host pinned, copied once per step):
 //   token ids, positions, token chunk [n each]; item first token, item queries [items each];
-//   logit rows [rows]; block table [chunks][stride].
+//   logit rows [rows]; block table [chunks][stride]; query start [chunks + 1]; sequence lengths
+//   [chunks]. A graph step pads its chunks to the bucket (rows of one token at position 0 in the
+//   scratch page) and uses the longest block table stride, so every offset is fixed per bucket.
 void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
   const LlamaConfig& c = config;
   if (chunks.empty()) fail("CUDA engine: a step needs at least one chunk");
@@ -385,9 +431,9 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
   }
   if (tokens > options.max_step_tokens)
     fail("CUDA engine: ", tokens, " tokens in one step exceed max_step_tokens = ", options.max_step_tokens);
-  const int rows = all_logits ? static_cast<int>(tokens) : static_cast<int>(chunks.size());
-  if (rows > options.max_logit_rows)
-    fail("CUDA engine: ", rows, " logit rows in one step exceed max_logit_rows = ", options.max_logit_rows);
+  const int real_rows = all_logits ? static_cast<int>(tokens) : static_cast<int>(chunks.size());
+  if (real_rows > options.max_logit_rows)
+    fail("CUDA engine: ", real_rows, " logit rows in one step exceed max_logit_rows = ", options.max_logit_rows);
   if (pages_wanted > static_cast<int64_t>(free_pages.size()))
     fail("CUDA engine: the KV pool is full: this step needs ", pages_wanted * options.page_size, " more tokens, ",
          free_pages.size() * options.page_size, " are free");
@@ -402,100 +448,182 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
 
   // The previous step's copy must be done before its pinned source is overwritten.
   FIREQ_CUDA_CHECK(cudaEventSynchronize(metadata_copied));
-  const int n = static_cast<int>(tokens), chunk_count = static_cast<int>(chunks.size());
+  const int real_chunks = static_cast<int>(chunks.size());
   int longest_chunk = 0;
   for (const Chunk& chunk : chunks) longest_chunk = std::max(longest_chunk, static_cast<int>(chunk.tokens.size()));
+  const int bucket = longest_chunk == 1 && !all_logits && !profiling ? graph_bucket(real_chunks) : 0;
+  const int chunk_count = std::max(bucket, real_chunks);
+  const int n = static_cast<int>(tokens) + (chunk_count - real_chunks);
+  const int rows = all_logits ? n : chunk_count;
   const int rows_per_block = attention_rows_per_block(longest_chunk, c.gqa_group());
   const int queries_per_item = std::max(1, rows_per_block / c.gqa_group());
-  int stride = 0;
+  int stride = bucket > 0 ? pages_per_sequence(max_context, options.page_size) : 1;
   for (const Chunk& chunk : chunks) stride = std::max(stride, static_cast<int>(sequences[chunk.sequence].pages.size()));
   int32_t* h = host_metadata;
   int32_t *ids = h, *positions = ids + n, *token_chunk = positions + n, *item_first = token_chunk + n;
   int32_t* item_queries = item_first + n;
+  int32_t* logit_rows = item_queries + n;
+  int32_t* table = logit_rows + rows;
+  int32_t* query_start = table + chunk_count * stride;
+  int32_t* seq_lens = query_start + chunk_count + 1;
+  const int64_t used = (seq_lens + chunk_count) - h;
+  if (used > metadata_capacity) fail("CUDA engine: step metadata overflows its buffer (", used, " ints)");
   int items = 0;
   for (int ci = 0, t = 0; ci < chunk_count; ++ci) {
-    const Sequence& s = sequences[chunks[ci].sequence];
-    const int len = static_cast<int>(chunks[ci].tokens.size());
+    const bool padding = ci >= real_chunks;
+    const int length = padding ? 0 : sequences[chunks[ci].sequence].length;
+    const int len = padding ? 1 : static_cast<int>(chunks[ci].tokens.size());
     for (int i = 0; i < len; ++i) {
-      ids[t + i] = chunks[ci].tokens[i];
-      positions[t + i] = s.length + i;
+      ids[t + i] = padding ? 0 : chunks[ci].tokens[i];
+      positions[t + i] = length + i;
       token_chunk[t + i] = ci;
     }
     for (int i = 0; i < len; i += queries_per_item) {
       item_first[items] = t + i;
       item_queries[items++] = std::min(queries_per_item, len - i);
     }
+    if (!all_logits) logit_rows[ci] = t + len - 1;
+    query_start[ci] = t;
+    seq_lens[ci] = length + len;
+    if (padding) {
+      std::fill(table + ci * stride, table + (ci + 1) * stride, scratch_page);
+    } else {
+      const std::vector<int32_t>& pages = sequences[chunks[ci].sequence].pages;
+      std::copy(pages.begin(), pages.end(), table + ci * stride);
+      std::fill(table + ci * stride + pages.size(), table + (ci + 1) * stride, 0);
+    }
     t += len;
   }
-  int32_t* logit_rows = item_queries + n;
-  for (int r = 0, t = 0; r < rows; ++r) {
-    if (all_logits) {
-      logit_rows[r] = r;
-    } else {
-      t += static_cast<int>(chunks[r].tokens.size());
-      logit_rows[r] = t - 1;
-    }
-  }
-  int32_t* table = logit_rows + rows;
-  for (int ci = 0; ci < chunk_count; ++ci) {
-    const std::vector<int32_t>& pages = sequences[chunks[ci].sequence].pages;
-    std::copy(pages.begin(), pages.end(), table + ci * stride);
-    std::fill(table + ci * stride + pages.size(), table + (ci + 1) * stride, 0);
-  }
-  const int64_t used = (table + chunk_count * stride) - h;
-  if (used > metadata_capacity) fail("CUDA engine: step metadata overflows its buffer (", used, " ints)");
+  query_start[chunk_count] = n;
+  if (all_logits)
+    for (int r = 0; r < rows; ++r) logit_rows[r] = r;
   FIREQ_CUDA_CHECK(cudaMemcpyAsync(metadata, h, used * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
   FIREQ_CUDA_CHECK(cudaEventRecord(metadata_copied, stream));
   auto device = [&](const int32_t* host_pointer) { return metadata + (host_pointer - h); };
 
-  const StepMetadata step{.token_ids = device(ids), .positions = device(positions),
-                          .token_chunk = device(token_chunk), .block_table = device(table),
-                          .table_stride = stride, .tokens = n};
-  const int hidden = c.hidden_size, qd = c.q_dim(), qkv_width = qd + 2 * c.kv_dim(), inter = c.intermediate_size;
-  AttentionArgs attention{.q = q, .out = attended, .pool = pool, .q_heads = c.num_attention_heads,
-                          .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim))),
-                          .item_first_token = device(item_first), .item_queries = device(item_queries),
-                          .items = items, .rows_per_block = rows_per_block, .queries_per_item = queries_per_item,
-                          .workspace = attention_workspace};
-  choose_attention_splits(attention, max_keys, sm_count);
-
-  mark("start");
-  embed_tokens(embeddings, step.token_ids, n, hidden, residual, stream);
-  mark("embedding");
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& w = layers[l];
-    rms_norm_to_bf16(residual, nullptr, n, hidden, w.attn_norm, c.rms_norm_eps, normed, stream);
-    mark("rmsnorm");
-    gemm->run(normed, w.wqkv, qkv, n, qkv_width, hidden, false, stream);
-    mark("qkv_proj (cuBLASLt BF16)");
-    rope_and_write_cache({.qkv = qkv, .bias = w.qkv_bias, .cos_sin = rope_table, .q_heads = c.num_attention_heads,
-                          .q_out = q, .pool = pool, .layer = l},
-                         step, stream);
-    mark("rope + KV cache write");
-    attention.layer = l;
-    paged_attention_bf16(attention, step, stream);
-    mark("attention (BF16 KV)");
-    gemm->run(attended, w.wo, residual, n, hidden, qd, true, stream);
-    mark("o_proj + residual");
-    rms_norm_to_bf16(residual, nullptr, n, hidden, w.ffn_norm, c.rms_norm_eps, normed, stream);
-    mark("rmsnorm");
-    gemm->run(normed, w.w_gate_up, gate_up, n, 2 * inter, hidden, false, stream);
-    mark("gate|up_proj");
-    swiglu_to_bf16(gate_up, n, inter, activated, stream);
-    mark("silu * mul");
-    gemm->run(activated, w.w_down, residual, n, hidden, inter, true, stream);
-    mark("down_proj + residual");
+  Launch launch;
+  launch.logit_rows = device(logit_rows);
+  launch.rows = rows;
+  launch.step = {.token_ids = device(ids), .positions = device(positions), .token_chunk = device(token_chunk),
+                 .block_table = device(table), .table_stride = stride, .tokens = n};
+  if (format.fireq) {
+    FireqStep& f = launch.fireq;
+    f = {.positions = device(positions), .token_sequence = device(token_chunk), .block_table = device(table),
+         .query_start = device(query_start), .seq_lens = device(seq_lens), .tokens = n, .sequences = chunk_count,
+         .table_stride = stride};
+    while (f.decode_sequences < real_chunks && chunks[f.decode_sequences].tokens.size() == 1) {
+      f.decode_max_seq_len = std::max(f.decode_max_seq_len, seq_lens[f.decode_sequences]);
+      ++f.decode_sequences;
+    }
+    for (int ci = f.decode_sequences; ci < real_chunks; ++ci) {
+      f.prefill_max_query_len = std::max(f.prefill_max_query_len, static_cast<int>(chunks[ci].tokens.size()));
+      f.prefill_max_seq_len = std::max(f.prefill_max_seq_len, seq_lens[ci]);
+    }
+    if (bucket > 0) {  // the graph's padded rows
+      f.decode_sequences = chunk_count;
+      f.decode_max_seq_len = max_keys;
+    }
+    // The split-KV launch plan (and its workspace, sized for these buckets) follows the bound, so
+    // eager and graph steps split alike.
+    f.decode_max_seq_len = std::min(max_context, std::max(16, next_power_of_two(f.decode_max_seq_len)));
+  } else {
+    launch.attention = {.q = q, .out = attended, .pool = pool, .q_heads = c.num_attention_heads,
+                        .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim))),
+                        .item_first_token = device(item_first), .item_queries = device(item_queries),
+                        .items = items, .rows_per_block = rows_per_block, .queries_per_item = queries_per_item,
+                        .workspace = attention_workspace};
+    choose_attention_splits(launch.attention, max_keys, sm_count);
   }
-  rms_norm_to_bf16(residual, device(logit_rows), rows, hidden, final_norm, c.rms_norm_eps, logit_inputs, stream);
-  mark("final norm");
-  gemm->run(logit_inputs, lm_head, logits, rows, c.vocab_size, hidden, false, stream);
-  mark("lm_head");
-  collect_profile();
+
+  if (bucket > 0) {
+    replay_or_capture({bucket, launch.fireq.decode_max_seq_len}, launch);
+  } else {
+    launch_forward(launch);
+    collect_profile();
+  }
 
   for (const Chunk& chunk : chunks) sequences[chunk.sequence].length += static_cast<int>(chunk.tokens.size());
   last_step_sequences.clear();
   for (const Chunk& chunk : chunks) last_step_sequences.push_back(chunk.sequence);
-  last_logit_rows = rows;
+  last_logit_rows = real_rows;
+}
+
+void CudaEngine::Impl::replay_or_capture(std::pair<int, int> key, const Launch& launch) {
+  if (const auto it = graphs.find(key); it != graphs.end()) {
+    FIREQ_CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+    ++graph_replays;
+    return;
+  }
+  if (warmed_up.insert(key).second) {
+    launch_forward(launch);
+    return;
+  }
+  cudaGraph_t graph = nullptr;
+  FIREQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+  try {
+    launch_forward(launch);
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    throw;
+  }
+  FIREQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  FIREQ_CUDA_CHECK(instantiated);
+  graphs.emplace(key, exec);
+  FIREQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  ++graph_replays;
+}
+
+void CudaEngine::Impl::launch_forward(const Launch& launch) {
+  const LlamaConfig& c = config;
+  const StepMetadata& step = launch.step;
+  const int n = step.tokens, hidden = c.hidden_size, qd = c.q_dim(), qkv_width = qd + 2 * c.kv_dim();
+  const int inter = c.intermediate_size;
+  mark("start");
+  if (format.fireq) {
+    embed_tokens(embeddings, step.token_ids, n, hidden, residual_bf16, stream);
+    mark("embedding");
+    fireq_layers->forward(launch.fireq, rope_table, max_context, residual_bf16, stream,
+                          [this](const char* op) { mark(op); });
+    rms_norm_to_bf16(residual_bf16, launch.logit_rows, launch.rows, hidden, final_norm, c.rms_norm_eps, logit_inputs,
+                     stream);
+  } else {
+    embed_tokens(embeddings, step.token_ids, n, hidden, residual, stream);
+    mark("embedding");
+    AttentionArgs attention = launch.attention;
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const LayerWeights& w = layers[l];
+      rms_norm_to_bf16(residual, nullptr, n, hidden, w.attn_norm, c.rms_norm_eps, normed, stream);
+      mark("rmsnorm");
+      gemm->run(normed, w.wqkv, qkv, n, qkv_width, hidden, false, stream);
+      mark("qkv_proj (cuBLASLt BF16)");
+      rope_and_write_cache({.qkv = qkv, .bias = w.qkv_bias, .cos_sin = rope_table, .q_heads = c.num_attention_heads,
+                            .q_out = q, .pool = pool, .layer = l},
+                           step, stream);
+      mark("rope + KV cache write");
+      attention.layer = l;
+      paged_attention_bf16(attention, step, stream);
+      mark("attention (BF16 KV)");
+      gemm->run(attended, w.wo, residual, n, hidden, qd, true, stream);
+      mark("o_proj + residual");
+      rms_norm_to_bf16(residual, nullptr, n, hidden, w.ffn_norm, c.rms_norm_eps, normed, stream);
+      mark("rmsnorm");
+      gemm->run(normed, w.w_gate_up, gate_up, n, 2 * inter, hidden, false, stream);
+      mark("gate|up_proj");
+      swiglu_to_bf16(gate_up, n, inter, activated, stream);
+      mark("silu * mul");
+      gemm->run(activated, w.w_down, residual, n, hidden, inter, true, stream);
+      mark("down_proj + residual");
+    }
+    rms_norm_to_bf16(residual, launch.logit_rows, launch.rows, hidden, final_norm, c.rms_norm_eps, logit_inputs,
+                     stream);
+  }
+  mark("final norm");
+  gemm->run(logit_inputs, lm_head, logits, launch.rows, c.vocab_size, hidden, false, stream);
+  mark("lm_head");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,13 +633,21 @@ CudaEngine::CudaEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaEngine::CudaEngine(const LlamaWeights& weights, const CudaEngineOptions& options) {
   LlamaConfig config = weights.config;
   config.tie_word_embeddings = weights.lm_head.empty();
-  impl_ = std::make_unique<Impl>(config, options);
+  impl_ = std::make_unique<Impl>(config, options, CudaModelFormat{});
   impl_->upload(weights);
 }
 
+CudaEngine::CudaEngine(const QuantizedModel& model, const CudaEngineOptions& options) {
+  LlamaConfig config = model.config;
+  config.tie_word_embeddings = model.lm_head.empty();
+  impl_ = std::make_unique<Impl>(config, options, CudaModelFormat{.fireq = true, .group_size = model.recipe.group_size});
+  impl_->upload(model);
+}
+
 std::unique_ptr<CudaEngine> CudaEngine::with_random_weights(const LlamaConfig& config, uint64_t seed,
-                                                            const CudaEngineOptions& options) {
-  auto impl = std::make_unique<Impl>(config, options);
+                                                            const CudaEngineOptions& options,
+                                                            const CudaModelFormat& format) {
+  auto impl = std::make_unique<Impl>(config, options, format);
   impl->randomize(seed);
   return std::unique_ptr<CudaEngine>(new CudaEngine(std::move(impl)));
 }
@@ -520,6 +656,9 @@ CudaEngine::~CudaEngine() = default;
 
 const LlamaConfig& CudaEngine::config() const { return impl_->config; }
 const CudaMemoryPlan& CudaEngine::memory_plan() const { return impl_->plan; }
+const CudaModelFormat& CudaEngine::format() const { return impl_->format; }
+int64_t CudaEngine::graph_replays() const { return impl_->graph_replays; }
+int CudaEngine::graphs_captured() const { return static_cast<int>(impl_->graphs.size()); }
 int CudaEngine::max_context() const { return impl_->max_context; }
 
 void CudaEngine::reset() {
@@ -643,6 +782,8 @@ std::vector<int32_t> CudaEngine::sample(std::span<const uint8_t> draw) {
 void CudaEngine::synchronize() const { FIREQ_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
 
 void CudaEngine::set_profiling(bool on) { impl_->profiling = on; }
+
+void CudaEngine::set_cuda_graphs(bool on) { impl_->options.cuda_graphs = on; }
 
 std::vector<std::pair<std::string, double>> CudaEngine::take_profile() { return std::exchange(impl_->profile, {}); }
 

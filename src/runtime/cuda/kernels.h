@@ -1,4 +1,5 @@
-// Launchers of the BF16 path's own kernels (elementwise ops, paged BF16 attention, sampling).
+// Launchers of the engine's own kernels (elementwise ops, paged BF16 attention, sampling; the FireQ
+// path's glue: BF16 embedding gather and final norm, random INT4 weights).
 // Device pointers throughout; every launcher checks its launch.
 #pragma once
 
@@ -39,10 +40,15 @@ struct StepMetadata {
 
 void embed_tokens(const uint16_t* table, const int32_t* ids, int tokens, int hidden, float* residual,
                   cudaStream_t stream);
+// The FireQ path's BF16 residual stream.
+void embed_tokens(const uint16_t* table, const int32_t* ids, int tokens, int hidden, uint16_t* residual,
+                  cudaStream_t stream);
 
 // out[r] = bf16(gamma * x[rows[r]] / rms(x[rows[r]])) for r < count (rows == nullptr: r itself),
 // the sum of squares in double as in the CPU reference.
 void rms_norm_to_bf16(const float* x, const int32_t* rows, int count, int width, const float* gamma,
+                      double eps, uint16_t* out, cudaStream_t stream);
+void rms_norm_to_bf16(const uint16_t* x, const int32_t* rows, int count, int width, const float* gamma,
                       double eps, uint16_t* out, cudaStream_t stream);
 
 // For every token: adds the q|k|v bias (when non-null), rotates q and k (rotate_half) with the
@@ -92,6 +98,8 @@ void paged_attention_bf16(const AttentionArgs& args, const StepMetadata& step, c
 // Uniform values in [offset - amplitude, offset + amplitude), a hash of (seed, index).
 void fill_random_bf16(uint16_t* out, size_t count, uint64_t seed, float offset, float amplitude,
                       cudaStream_t stream);
+// Packed INT4 bytes (numerics.h packing), both codes uniform in [-7, 7].
+void fill_random_int4(uint8_t* packed, size_t bytes, uint64_t seed, cudaStream_t stream);
 void fill_random_f32(float* out, size_t count, uint64_t seed, float offset, float amplitude,
                      cudaStream_t stream);
 

@@ -1,0 +1,274 @@
+// The FireQ path on the real model, in two halves because its checkpoint cannot reach the device
+// whole (docs/ENGINE.md, "Correctness on the real model"):
+//
+//   fireq_e2e_check reference --checkpoint DIR --layers 0-7,26-29 --out REF
+//     (here, CPU) keeps the embedding, the listed blocks, the final norm and the tied
+//     lm_head of a FireQ checkpoint, restricted to the vocabulary of the evaluation windows (ids
+//     renumbered 0..V'-1, so the embedding shrinks from 49152 to a few hundred rows); writes that
+//     checkpoint to REF/model, and the windows' ids and the CPU engine's logits with the simulated
+//     numerics (quant.h EvaluationModel) to REF/reference.bin, its perplexity to REF/reference.json.
+//
+//   fireq_e2e_check gpu --reference REF [--out FILE.json]
+//     (on the device) runs the same windows on the CUDA engine's FireQ path twice: each window as
+//     one prefill step, and as a prefill of its first half then one decode step per token (split-KV
+//     attention, CUDA graphs); prints max logit difference, relative RMS, top-1 agreement and the
+//     perplexity against the CPU's.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "fireq/cuda_engine.h"
+#include "fireq/error.h"
+#include "fireq/quant.h"
+#include "fireq/tokenizer.h"
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+namespace fireq {
+namespace {
+
+struct Reference {
+  int windows = 0, window_tokens = 0, vocab = 0;
+  std::vector<int32_t> ids;     // [windows][window_tokens], renumbered
+  std::vector<float> logits;    // [windows][window_tokens][vocab], CPU
+};
+
+std::map<std::string, std::string> flags(int argc, char** argv) {
+  std::map<std::string, std::string> out;
+  for (int i = 2; i < argc; ++i) {
+    const std::string key = argv[i];
+    if (key.rfind("--", 0) != 0 || i + 1 >= argc) fail("fireq_e2e_check: expected --flag value, got '", key, "'");
+    out[key.substr(2)] = argv[++i];
+  }
+  return out;
+}
+
+// "0-7,26-29" -> 0, 1, ..., 7, 26, ..., 29.
+std::vector<int> layer_list(const std::string& text) {
+  std::vector<int> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    const size_t dash = item.find('-');
+    const int first = std::stoi(item.substr(0, dash));
+    const int last = dash == std::string::npos ? first : std::stoi(item.substr(dash + 1));
+    for (int l = first; l <= last; ++l) out.push_back(l);
+    start = end + 1;
+  }
+  return out;
+}
+
+std::string flag(const std::map<std::string, std::string>& f, const std::string& name, const std::string& fallback = "") {
+  const auto it = f.find(name);
+  if (it != f.end()) return it->second;
+  if (fallback.empty()) fail("fireq_e2e_check: --", name, " is required");
+  return fallback;
+}
+
+// Mean NLL of each window's next tokens under `logits`, in double.
+double mean_nll(const Reference& r, const std::vector<float>& logits) {
+  double total = 0;
+  int64_t count = 0;
+  for (int w = 0; w < r.windows; ++w)
+    for (int t = 0; t + 1 < r.window_tokens; ++t) {
+      const float* row = logits.data() + (int64_t{w} * r.window_tokens + t) * r.vocab;
+      const double top = *std::max_element(row, row + r.vocab);
+      double sum = 0;
+      for (int i = 0; i < r.vocab; ++i) sum += std::exp(row[i] - top);
+      total += top + std::log(sum) - row[r.ids[int64_t{w} * r.window_tokens + t + 1]];
+      ++count;
+    }
+  return total / count;
+}
+
+void write_reference(const Reference& r, const fs::path& path) {
+  std::ofstream out(path, std::ios::binary);
+  const int32_t header[3] = {r.windows, r.window_tokens, r.vocab};
+  out.write(reinterpret_cast<const char*>(header), sizeof header);
+  out.write(reinterpret_cast<const char*>(r.ids.data()), r.ids.size() * 4);
+  out.write(reinterpret_cast<const char*>(r.logits.data()), r.logits.size() * 4);
+  if (!out) fail(path.string(), ": write failed");
+}
+
+Reference read_reference(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open");
+  int32_t header[3];
+  in.read(reinterpret_cast<char*>(header), sizeof header);
+  Reference r;
+  r.windows = header[0];
+  r.window_tokens = header[1];
+  r.vocab = header[2];
+  if (!in || r.windows <= 0 || r.window_tokens <= 1 || r.vocab <= 0) fail(path.string(), ": bad header");
+  r.ids.resize(int64_t{r.windows} * r.window_tokens);
+  r.logits.resize(r.ids.size() * r.vocab);
+  in.read(reinterpret_cast<char*>(r.ids.data()), r.ids.size() * 4);
+  in.read(reinterpret_cast<char*>(r.logits.data()), r.logits.size() * 4);
+  if (!in) fail(path.string(), ": truncated");
+  return r;
+}
+
+int make_reference(const std::map<std::string, std::string>& f) {
+  const fs::path checkpoint = flag(f, "checkpoint"), out = flag(f, "out");
+  const std::vector<int> layers = layer_list(flag(f, "layers", "0-7"));
+  Reference r;
+  r.windows = std::stoi(flag(f, "windows", "4"));
+  r.window_tokens = std::stoi(flag(f, "window", "512"));
+  const std::string text_path = flag(f, "text", "data/text/wiki.eval.txt");
+  if (fs::exists(out)) fail(out.string(), " exists");
+
+  QuantizedModel model = load_quantized_checkpoint(checkpoint);
+  const auto tokenizer = load_tokenizer(checkpoint_tokenizer_path(checkpoint));
+  std::ifstream text_file(text_path, std::ios::binary);
+  std::string text(400000, '\0');
+  text_file.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(text_file.gcount()));
+  const std::vector<int32_t> tokens = tokenizer->encode(text.substr(0, complete_utf8_prefix(text)), false);
+  const int64_t needed = int64_t{r.windows} * r.window_tokens;
+  if (static_cast<int64_t>(tokens.size()) < needed)
+    fail(text_path, ": ", tokens.size(), " tokens, fewer than ", needed);
+
+  // The windows' vocabulary, renumbered in increasing id order.
+  std::vector<int32_t> used(tokens.begin(), tokens.begin() + needed);
+  std::sort(used.begin(), used.end());
+  used.erase(std::unique(used.begin(), used.end()), used.end());
+  std::map<int32_t, int32_t> renumber;
+  for (size_t i = 0; i < used.size(); ++i) renumber[used[i]] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < needed; ++i) r.ids.push_back(renumber[tokens[i]]);
+  r.vocab = static_cast<int>(used.size());
+
+  std::vector<QuantizedLayer> kept;
+  for (const int l : layers) {
+    if (l < 0 || l >= model.config.num_hidden_layers) fail("--layers: ", l, " outside 0..", model.config.num_hidden_layers - 1);
+    kept.push_back(model.layers[l]);
+  }
+  if (!model.lm_head.empty()) fail(checkpoint.string(), ": an untied lm_head is not handled here");
+  const int hidden = model.config.hidden_size;
+  FloatTensor embeddings;
+  embeddings.shape = {r.vocab, hidden};
+  for (const int32_t id : used)
+    embeddings.data.insert(embeddings.data.end(), model.tok_embeddings.data.begin() + int64_t{id} * hidden,
+                           model.tok_embeddings.data.begin() + int64_t{id + 1} * hidden);
+  model.tok_embeddings = std::move(embeddings);
+  model.layers = std::move(kept);
+  model.config.num_hidden_layers = static_cast<int>(layers.size());
+  model.config.vocab_size = r.vocab;
+  model.config.bos_token_id = model.config.eos_token_id = -1;
+  model.config.eos_token_ids.clear();
+  model.source_description += " (blocks " + flag(f, "layers", "0-7") + ", " + std::to_string(r.vocab) +
+                              "-token vocabulary of the evaluation windows)";
+
+  fs::create_directories(out);
+  save_quantized_checkpoint(model, out / "model", SaveOptions{.source = checkpoint});
+  EvaluationModel simulated(model);
+  for (int w = 0; w < r.windows; ++w) {
+    simulated.engine().reset();
+    const std::vector<float> logits = simulated.engine().forward(
+        std::span(r.ids).subspan(int64_t{w} * r.window_tokens, r.window_tokens), LogitsFor::kAll);
+    r.logits.insert(r.logits.end(), logits.begin(), logits.end());
+    std::fprintf(stderr, "[reference] window %d/%d\n", w + 1, r.windows);
+  }
+  write_reference(r, out / "reference.bin");
+  const double nll = mean_nll(r, r.logits);
+  const Json summary = {{"checkpoint", checkpoint.string()}, {"layers", flag(f, "layers", "0-7")}, {"vocab", r.vocab},
+                        {"windows", r.windows}, {"window_tokens", r.window_tokens}, {"text", text_path},
+                        {"cpu_mean_nll", nll}, {"cpu_ppl", std::exp(nll)}};
+  std::ofstream(out / "reference.json") << summary.dump(1) << "\n";
+  std::printf("%s\n", summary.dump().c_str());
+  return 0;
+}
+
+struct Agreement {
+  double max_abs_diff = 0, max_abs_ref = 0, sum_sq_diff = 0, sum_sq_ref = 0;
+  int64_t top1_same = 0, rows = 0;
+};
+
+Agreement compare(const std::vector<float>& gpu, const std::vector<float>& cpu, int vocab) {
+  Agreement a;
+  a.rows = static_cast<int64_t>(cpu.size() / vocab);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const float* g = gpu.data() + r * vocab;
+    const float* c = cpu.data() + r * vocab;
+    for (int i = 0; i < vocab; ++i) {
+      const double d = std::isfinite(g[i]) ? std::fabs(double(g[i]) - c[i]) : INFINITY;
+      a.max_abs_diff = std::max(a.max_abs_diff, d);
+      a.max_abs_ref = std::max(a.max_abs_ref, std::fabs(double(c[i])));
+      a.sum_sq_diff += d * d;
+      a.sum_sq_ref += double(c[i]) * c[i];
+    }
+    a.top1_same += std::max_element(g, g + vocab) - g == std::max_element(c, c + vocab) - c;
+  }
+  return a;
+}
+
+int run_gpu(const std::map<std::string, std::string>& f) {
+  const fs::path dir = flag(f, "reference");
+  const Reference r = read_reference(dir / "reference.bin");
+  const QuantizedModel model = load_quantized_checkpoint(dir / "model");
+  if (model.config.vocab_size != r.vocab) fail("reference vocabulary ", r.vocab, " != checkpoint's ", model.config.vocab_size);
+  CudaEngine engine(model, {.max_context = r.window_tokens, .max_step_tokens = r.window_tokens,
+                            .max_sequences = 1, .max_logit_rows = r.window_tokens});
+  Json result = {{"reference", dir.string()}, {"layers", model.config.num_hidden_layers}, {"vocab", r.vocab},
+                 {"windows", r.windows}, {"window_tokens", r.window_tokens}};
+  const double cpu_nll = mean_nll(r, r.logits);
+  result["cpu_ppl"] = std::exp(cpu_nll);
+  bool pass = true;
+  for (const std::string mode : {"prefill", "prefill+decode"}) {
+    std::vector<float> logits;
+    for (int w = 0; w < r.windows; ++w) {
+      engine.reset();
+      const auto window = std::span(r.ids).subspan(int64_t{w} * r.window_tokens, r.window_tokens);
+      const int first = mode == "prefill" ? r.window_tokens : r.window_tokens / 2;
+      const std::vector<float> head = engine.forward(window.first(first), LogitsFor::kAll);
+      logits.insert(logits.end(), head.begin(), head.end());
+      for (int t = first; t < r.window_tokens; ++t) {
+        const std::vector<float> row = engine.forward(window.subspan(t, 1), LogitsFor::kLast);
+        logits.insert(logits.end(), row.begin(), row.end());
+      }
+    }
+    const Agreement a = compare(logits, r.logits, r.vocab);
+    const double gpu_ppl = std::exp(mean_nll(r, logits)), cpu_ppl = std::exp(cpu_nll);
+    const double top1 = static_cast<double>(a.top1_same) / a.rows;
+    const double ppl_gap = std::fabs(gpu_ppl / cpu_ppl - 1);
+    const bool ok = top1 >= 0.99 && ppl_gap <= 0.005;
+    pass &= ok;
+    std::printf("[real-model] %s: %lld rows, max |logit diff| %.4f (max |logit| %.2f), relative RMS %.5f, top-1 "
+                "agreement %.2f%%, PPL GPU %.4f vs CPU %.4f (%+.3f%%): %s\n",
+                mode.c_str(), static_cast<long long>(a.rows), a.max_abs_diff, a.max_abs_ref,
+                std::sqrt(a.sum_sq_diff / a.sum_sq_ref), 100 * top1, gpu_ppl, cpu_ppl, 100 * (gpu_ppl / cpu_ppl - 1),
+                ok ? "meets top-1 >= 99% and PPL within 0.5%" : "MISSES top-1 >= 99% or PPL within 0.5%");
+    result[mode] = {{"rows", a.rows}, {"max_abs_logit_diff", a.max_abs_diff}, {"max_abs_logit", a.max_abs_ref},
+                    {"relative_rms", std::sqrt(a.sum_sq_diff / a.sum_sq_ref)}, {"top1_agreement", top1},
+                    {"gpu_ppl", gpu_ppl}, {"ppl_relative_gap", gpu_ppl / cpu_ppl - 1}, {"meets_targets", ok}};
+  }
+  result["graph_replays"] = engine.graph_replays();
+  if (const auto it = f.find("out"); it != f.end()) std::ofstream(it->second) << result.dump(1) << "\n";
+  return pass ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace fireq
+
+int main(int argc, char** argv) {
+  try {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "reference") return fireq::make_reference(fireq::flags(argc, argv));
+    if (mode == "gpu") return fireq::run_gpu(fireq::flags(argc, argv));
+    std::fprintf(stderr, "usage: fireq_e2e_check reference --checkpoint DIR --out REF [--layers 0-7,26-29] [--windows 4] "
+                         "[--window 512] [--text FILE]\n       fireq_e2e_check gpu --reference REF [--out FILE.json]\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fireq_e2e_check: %s\n", e.what());
+    return 1;
+  }
+}

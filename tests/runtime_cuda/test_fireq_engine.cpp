@@ -1,0 +1,319 @@
+// The CUDA engine's FireQ path: its memory plan (host arithmetic, tested everywhere), and on a GPU
+// small random models quantized with the fireq-smollm2 recipe against the CPU engine with the same
+// simulated numerics (quant.h EvaluationModel), decode graphs against eager steps, batched and
+// chunked steps against sequences run alone, and the checkpoints it refuses.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "fireq/cuda_engine.h"
+#include "fireq/engine.h"
+#include "fireq/error.h"
+#include "fireq/numerics.h"
+#include "fireq/quant.h"
+
+namespace fireq {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+
+LlamaConfig llama3_shape(bool seventy_b) {
+  LlamaConfig c;
+  c.hidden_size = seventy_b ? 8192 : 4096;
+  c.intermediate_size = seventy_b ? 28672 : 14336;
+  c.num_hidden_layers = seventy_b ? 80 : 32;
+  c.num_attention_heads = seventy_b ? 64 : 32;
+  c.num_key_value_heads = 8;
+  c.head_dim = 128;
+  c.vocab_size = 128256;
+  c.max_position_embeddings = 8192;
+  return c;
+}
+
+// Two layers of SmolLM2's shapes (GQA 3, head_dim 64, tied embeddings), or of a Llama-3-like model
+// (GQA 4, head_dim 128, llama3 RoPE scaling, untied lm_head); small vocabularies.
+LlamaConfig small_config(bool llama3_like) {
+  LlamaConfig c;
+  if (llama3_like) {
+    c.hidden_size = 512;
+    c.intermediate_size = 1024;
+    c.num_attention_heads = 8;
+    c.num_key_value_heads = 2;
+    c.head_dim = 128;
+    c.vocab_size = 3000;
+    c.rope_theta = 500000.0;
+    c.rope_scaling = {.enabled = true, .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+                      .original_max_position_embeddings = 256};
+  } else {
+    c.hidden_size = 576;
+    c.intermediate_size = 1536;
+    c.num_attention_heads = 9;
+    c.num_key_value_heads = 3;
+    c.head_dim = 64;
+    c.vocab_size = 2500;
+    c.rope_theta = 100000.0;
+    c.tie_word_embeddings = true;
+  }
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 1024;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
+FloatTensor random_tensor(std::vector<int64_t> shape, double center, double spread, std::mt19937& rng) {
+  FloatTensor t;
+  t.shape = std::move(shape);
+  std::uniform_real_distribution<double> u(-spread, spread);
+  t.data.resize(t.numel());
+  for (float& x : t.data) x = static_cast<float>(center + u(rng));
+  return t;
+}
+
+std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = u(rng);
+  return t;
+}
+
+// A random float model quantized with the fireq-smollm2 recipe (group 64, FP8 activations and
+// queries, INT4 KV with BF16 scales, smoothing, pre- and post-RoPE scaling calibrated on random
+// tokens).
+QuantizedModel quantized_model(const LlamaConfig& c, uint32_t seed, const std::vector<int>& skip_layers = {}) {
+  std::mt19937 rng(seed);
+  LlamaWeights w;
+  w.config = c;
+  const int64_t h = c.hidden_size, i = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
+  auto linear = [&](int64_t out, int64_t in) { return random_tensor({out, in}, 0, 1.7 / std::sqrt(in), rng); };
+  w.tok_embeddings = random_tensor({c.vocab_size, h}, 0, 1.0, rng);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    LlamaLayerWeights L;
+    L.attn_norm = random_tensor({h}, 1.0, 0.3, rng);
+    L.wq = linear(q, h);
+    L.wk = linear(kv, h);
+    L.wv = linear(kv, h);
+    L.wo = linear(h, q);
+    L.ffn_norm = random_tensor({h}, 1.0, 0.3, rng);
+    L.w_gate = linear(i, h);
+    L.w_up = linear(i, h);
+    L.w_down = linear(h, i);
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = random_tensor({h}, 1.0, 0.3, rng);
+  if (!c.tie_word_embeddings) w.lm_head = linear(c.vocab_size, h);
+  QuantRecipe recipe = load_recipe("fireq-smollm2");
+  recipe.calib_samples = 2;
+  recipe.calib_seq_len = 64;
+  recipe.skip_layers = skip_layers;
+  const std::vector<int32_t> calibration = random_tokens(2 * 64, c.vocab_size, seed + 1);
+  return quantize_model(w, recipe, calibration);
+}
+
+CudaEngineOptions small_options(bool graphs = true) {
+  return {.max_context = 1024, .max_step_tokens = 512, .max_sequences = 8, .max_logit_rows = 512,
+          .kv_cache_bytes = int64_t{32} << 20, .print_plan = false, .cuda_graphs = graphs};
+}
+
+struct Agreement {
+  double max_abs_diff = 0, max_abs_ref = 0, sum_sq_diff = 0, sum_sq_ref = 0;
+  int top1_same = 0, rows = 0;
+  double relative_rms() const { return std::sqrt(sum_sq_diff / sum_sq_ref); }
+};
+
+Agreement compare(const std::vector<float>& gpu, const std::vector<float>& ref, int vocab) {
+  EXPECT_EQ(gpu.size(), ref.size());
+  Agreement a;
+  a.rows = static_cast<int>(std::min(gpu.size(), ref.size()) / vocab);
+  for (int r = 0; r < a.rows; ++r) {
+    const float* g = gpu.data() + size_t(r) * vocab;
+    const float* c = ref.data() + size_t(r) * vocab;
+    for (int i = 0; i < vocab; ++i) {
+      EXPECT_TRUE(std::isfinite(g[i])) << "row " << r << " logit " << i;
+      const double d = std::fabs(double(g[i]) - c[i]);
+      a.max_abs_diff = std::max(a.max_abs_diff, d);
+      a.max_abs_ref = std::max(a.max_abs_ref, std::fabs(double(c[i])));
+      a.sum_sq_diff += d * d;
+      a.sum_sq_ref += double(c[i]) * c[i];
+    }
+    a.top1_same += std::max_element(g, g + vocab) - g == std::max_element(c, c + vocab) - c;
+  }
+  return a;
+}
+
+void report(const char* what, const Agreement& a) {
+  std::printf("[correctness] %s: %d rows, max |logit diff| %.4f (max |logit| %.2f), relative RMS %.4f, top-1 %.1f%%\n",
+              what, a.rows, a.max_abs_diff, a.max_abs_ref, a.relative_rms(), 100.0 * a.top1_same / a.rows);
+}
+
+// ----- Memory plan (no GPU needed) -----
+
+TEST(FireqMemoryPlan, Llama3_8bWeightsAndKvInInt4) {
+  const CudaEngineOptions o{.max_context = 8192, .max_step_tokens = 4096, .max_sequences = 64, .max_logit_rows = 64};
+  const CudaModelFormat fireq{.fireq = true, .group_size = 128};
+  const CudaMemoryPlan bf16 = plan_cuda_memory(llama3_shape(false), o, 79 * kGiB, 80 * kGiB);
+  const CudaMemoryPlan plan = plan_cuda_memory(llama3_shape(false), o, 79 * kGiB, 80 * kGiB, fireq);
+  EXPECT_TRUE(plan.fireq);
+  // 6.98 B linear parameters at 4 bits + an FP8 scale per 128, the 1.05 B BF16 embedding + lm_head.
+  EXPECT_NEAR(static_cast<double>(plan.weight_bytes) / 1e9, 6.98 * (0.5 + 1.0 / 128) + 1.05 * 2, 0.05);
+  // Per token and layer: K and V, 8 heads x (64 bytes of INT4 + a 2-byte BF16 scale).
+  EXPECT_EQ(plan.kv_bytes_per_page, int64_t{32} * 2 * 16 * 8 * (64 + 2));
+  EXPECT_EQ(bf16.kv_bytes_per_page * 66, plan.kv_bytes_per_page * 256);
+  // 64 sequences of 8k tokens fit in INT4 (the pool's cap), not in BF16.
+  EXPECT_EQ(plan.kv_tokens(), 64 * 8192);
+  EXPECT_LT(bf16.kv_tokens(), 64 * 8192);
+  EXPECT_LE(plan.weight_bytes + plan.activation_bytes + plan.reserve_bytes + (plan.kv_pages + 1) * plan.kv_bytes_per_page,
+            79 * kGiB);
+  EXPECT_NE(plan.describe().find("FireQ"), std::string::npos);
+}
+
+TEST(FireqMemoryPlan, Llama3_70bFitsOneH100WithKv) {
+  const CudaEngineOptions o{.max_context = 8192, .max_step_tokens = 2048, .max_sequences = 16, .max_logit_rows = 16};
+  const CudaModelFormat fireq{.fireq = true, .group_size = 128};
+  EXPECT_THROW(plan_cuda_memory(llama3_shape(true), o, 79 * kGiB, 80 * kGiB), Error);  // BF16: 141 GB
+  const CudaMemoryPlan plan = plan_cuda_memory(llama3_shape(true), o, 79 * kGiB, 80 * kGiB, fireq);
+  EXPECT_LT(plan.weight_bytes, 40 * kGiB);
+  EXPECT_GE(plan.kv_tokens(), 16 * 8192);
+}
+
+// ----- Against the simulated numerics on the CPU -----
+
+void expect_matches_simulation(bool llama3_like) {
+  const LlamaConfig config = small_config(llama3_like);
+  const QuantizedModel model = quantized_model(config, 31 + llama3_like);
+  EvaluationModel simulated(model);
+  CpuEngine& cpu = simulated.engine();
+  CudaEngine gpu(model, small_options());
+  EXPECT_TRUE(gpu.format().fireq);
+  const std::vector<int32_t> prompt = random_tokens(300, config.vocab_size, 5);
+  const Agreement prefill =
+      compare(gpu.forward(prompt, LogitsFor::kAll), cpu.forward(prompt, LogitsFor::kAll), config.vocab_size);
+  // Decode one token at a time (split-KV attention; graphs from the third step on), then two at once
+  // (the prefill kernel over the cached prefix).
+  std::vector<float> gpu_decode, cpu_decode;
+  for (const int32_t t : random_tokens(24, config.vocab_size, 6)) {
+    const std::vector<float> g = gpu.forward(std::span(&t, 1), LogitsFor::kLast);
+    const std::vector<float> c = cpu.forward(std::span(&t, 1), LogitsFor::kLast);
+    gpu_decode.insert(gpu_decode.end(), g.begin(), g.end());
+    cpu_decode.insert(cpu_decode.end(), c.begin(), c.end());
+  }
+  const std::vector<int32_t> pair = random_tokens(2, config.vocab_size, 7);
+  const std::vector<float> g = gpu.forward(pair, LogitsFor::kAll), c = cpu.forward(pair, LogitsFor::kAll);
+  gpu_decode.insert(gpu_decode.end(), g.begin(), g.end());
+  cpu_decode.insert(cpu_decode.end(), c.begin(), c.end());
+  EXPECT_EQ(gpu.position(), 326);
+  EXPECT_GT(gpu.graph_replays(), 0);
+  const Agreement decode = compare(gpu_decode, cpu_decode, config.vocab_size);
+  for (const auto& [name, a] : {std::pair{"prefill", prefill}, std::pair{"decode", decode}}) {
+    report((std::string(llama3_like ? "fireq llama3-like " : "fireq smollm2-shapes ") + name).c_str(), a);
+    // FP8/INT4 re-rounding of inputs that differ by BF16 steps (residual, SwiGLU, P) moves logits
+    // by a few percent of their range; the real model's figures are in bench/results.
+    EXPECT_LT(a.relative_rms(), 0.05) << name;
+    EXPECT_LT(a.max_abs_diff, 0.15 * a.max_abs_ref) << name;
+    EXPECT_GE(a.top1_same, 0.9 * a.rows) << name;
+  }
+}
+
+TEST(FireqEngine, SmolLM2ShapesMatchSimulatedNumerics) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_simulation(false);
+}
+
+TEST(FireqEngine, Llama3LikeShapesMatchSimulatedNumerics) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_simulation(true);
+}
+
+// Decode steps of 3 sequences (graph bucket 4: one padded row) replayed from graphs against the
+// same steps run eagerly; then one sequence's chunked prefill mixed with the others' decode.
+TEST(FireqEngine, GraphsAndMixedStepsMatchEagerAndAlone) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(true);
+  const QuantizedModel model = quantized_model(config, 41);
+  CudaEngine graphs(model, small_options(true)), eager(model, small_options(false));
+  const int lengths[3] = {37, 200, 5};
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < 3; ++s) prompts.push_back(random_tokens(lengths[s], config.vocab_size, 100 + s));
+  std::vector<int> ids;
+  std::vector<CudaEngine::Chunk> chunks;
+  for (int s = 0; s < 3; ++s) {
+    ids.push_back(graphs.add_sequence());
+    EXPECT_EQ(eager.add_sequence(), ids.back());
+    chunks.push_back({ids[s], prompts[s]});
+  }
+  graphs.step(chunks);
+  eager.step(chunks);
+  std::vector<int32_t> next = graphs.sample();
+  EXPECT_EQ(eager.sample(), next);
+  std::vector<float> graph_logits, eager_logits;
+  for (int round = 0; round < 6; ++round) {
+    std::vector<CudaEngine::Chunk> decode;
+    for (int s = 0; s < 3; ++s) decode.push_back({ids[s], std::span(&next[s], 1)});
+    for (int s = 0; s < 3; ++s) prompts[s].push_back(next[s]);
+    graphs.step(decode);
+    eager.step(decode);
+    const std::vector<float> g = graphs.last_logits(), e = eager.last_logits();
+    graph_logits.insert(graph_logits.end(), g.begin(), g.end());
+    eager_logits.insert(eager_logits.end(), e.begin(), e.end());
+    next = graphs.sample();
+  }
+  EXPECT_EQ(graphs.graphs_captured(), 1);
+  EXPECT_GE(graphs.graph_replays(), 4);
+  EXPECT_EQ(eager.graph_replays(), 0);
+  const Agreement replayed = compare(graph_logits, eager_logits, config.vocab_size);
+  report("fireq graphs vs eager decode", replayed);
+  EXPECT_LT(replayed.max_abs_diff, 1e-3 * replayed.max_abs_ref);
+
+  // A fourth sequence prefills in two chunks while the three decode (split-KV for the decode rows,
+  // the prefill kernel over the cached prefix for the chunk).
+  const std::vector<int32_t> fourth = random_tokens(150, config.vocab_size, 104);
+  const int id4 = graphs.add_sequence();
+  std::vector<float> mixed_last;
+  for (const auto& [begin, end] : {std::pair{0, 90}, std::pair{90, 150}}) {
+    std::vector<CudaEngine::Chunk> step;
+    for (int s = 0; s < 3; ++s) step.push_back({ids[s], std::span(&next[s], 1)});
+    for (int s = 0; s < 3; ++s) prompts[s].push_back(next[s]);
+    step.push_back({id4, std::span(fourth).subspan(begin, end - begin)});
+    graphs.step(step);
+    mixed_last = graphs.last_logits();
+    next = graphs.sample();
+  }
+  const int vocab = config.vocab_size;
+  for (int s = 0; s < 4; ++s) {
+    CudaEngine alone(model, small_options());
+    const std::vector<float> ref = alone.forward(s < 3 ? prompts[s] : fourth, LogitsFor::kLast);
+    const Agreement a = compare(std::vector<float>(mixed_last.begin() + size_t(s) * vocab,
+                                                   mixed_last.begin() + size_t(s + 1) * vocab),
+                                ref, vocab);
+    EXPECT_LT(a.relative_rms(), 0.02) << "sequence " << s;
+    EXPECT_EQ(a.top1_same, 1) << "sequence " << s;
+  }
+}
+
+TEST(FireqEngine, RefusesWhatTheKernelsDoNotRun) {
+  SKIP_WITHOUT_GPU();
+  const LlamaConfig config = small_config(false);
+  try {
+    CudaEngine engine(quantized_model(config, 51, {1}), small_options());
+    FAIL() << "a BF16 (skipped) layer must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1"), std::string::npos) << e.what();
+  }
+  QuantizedModel model = quantized_model(config, 52);
+  model.recipe.kv_scale_dtype = ScaleDType::kFp8E4M3;
+  try {
+    CudaEngine engine(model, small_options());
+    FAIL() << "FP8 K/V scales must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_scale_dtype"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace fireq
