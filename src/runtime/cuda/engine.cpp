@@ -457,7 +457,11 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
   const int rows = all_logits ? n : chunk_count;
   const int rows_per_block = attention_rows_per_block(longest_chunk, c.gqa_group());
   const int queries_per_item = std::max(1, rows_per_block / c.gqa_group());
-  int stride = bucket > 0 ? pages_per_sequence(max_context, options.page_size) : 1;
+  // The FireQ path's split-KV attention is planned for a power-of-two bound on the context, which
+  // the block table's stride must cover; a graph step takes the longest stride.
+  const int context_bound = std::min(max_context, std::max(16, next_power_of_two(max_keys)));
+  int stride = bucket > 0 ? pages_per_sequence(max_context, options.page_size)
+                          : format.fireq ? pages_per_sequence(context_bound, options.page_size) : 1;
   for (const Chunk& chunk : chunks) stride = std::max(stride, static_cast<int>(sequences[chunk.sequence].pages.size()));
   int32_t* h = host_metadata;
   int32_t *ids = h, *positions = ids + n, *token_chunk = positions + n, *item_first = token_chunk + n;
@@ -511,21 +515,15 @@ void CudaEngine::Impl::run(std::span<const Chunk> chunks, bool all_logits) {
     f = {.positions = device(positions), .token_sequence = device(token_chunk), .block_table = device(table),
          .query_start = device(query_start), .seq_lens = device(seq_lens), .tokens = n, .sequences = chunk_count,
          .table_stride = stride};
-    while (f.decode_sequences < real_chunks && chunks[f.decode_sequences].tokens.size() == 1) {
-      f.decode_max_seq_len = std::max(f.decode_max_seq_len, seq_lens[f.decode_sequences]);
-      ++f.decode_sequences;
-    }
+    while (f.decode_sequences < real_chunks && chunks[f.decode_sequences].tokens.size() == 1) ++f.decode_sequences;
     for (int ci = f.decode_sequences; ci < real_chunks; ++ci) {
       f.prefill_max_query_len = std::max(f.prefill_max_query_len, static_cast<int>(chunks[ci].tokens.size()));
       f.prefill_max_seq_len = std::max(f.prefill_max_seq_len, seq_lens[ci]);
     }
-    if (bucket > 0) {  // the graph's padded rows
-      f.decode_sequences = chunk_count;
-      f.decode_max_seq_len = max_keys;
-    }
-    // The split-KV launch plan (and its workspace, sized for these buckets) follows the bound, so
+    if (bucket > 0) f.decode_sequences = chunk_count;  // the graph's padded rows
+    // The split-KV launch plan (and its workspace, sized for these bounds) follows the bound, so
     // eager and graph steps split alike.
-    f.decode_max_seq_len = std::min(max_context, std::max(16, next_power_of_two(f.decode_max_seq_len)));
+    if (f.decode_sequences > 0) f.decode_max_seq_len = context_bound;
   } else {
     launch.attention = {.q = q, .out = attended, .pool = pool, .q_heads = c.num_attention_heads,
                         .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim))),

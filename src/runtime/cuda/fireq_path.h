@@ -37,7 +37,7 @@ struct FireqStep {
   int sequences = 0;
   int table_stride = 0;
   int decode_sequences = 0;
-  int decode_max_seq_len = 0;   // a bound over the decode sequences (graphs pass their bucket's)
+  int decode_max_seq_len = 0;   // a power-of-two bound over the step's contexts (the split-KV plan)
   int prefill_max_query_len = 0;
   int prefill_max_seq_len = 0;
 };
