@@ -6,6 +6,7 @@
 #                 (bench_attention_v2, if present: the previous build, for the same shapes and timings;
 #                 bench_attention_noconv, if present: a diagnostic build without the INT4 -> FP8 conversion).
 #   V3_TESTS=1:   GPU tests of the attention kernels, memcheck and racecheck on the small FP8 cases.
+#   V3_QUICK=1:   a few prefill and small-batch decode timings, this build and bench_attention_v2.
 #   V3_BENCH=1:   bench_attention (decode, quantize, prefill suite) into $OUT/ours.json.
 #   V3_PEERS=1:   bench/peers/torch_fbgemm_peers.py (decode and prefill peers) into $OUT/fbgemm_peers.json.
 # Logs: $OUT/tests.log, sanitizer.log, bench.log, ncu_*.txt, peers.log.
@@ -21,7 +22,7 @@ if [[ "${V3_TESTS:-0}" == 1 ]]; then
   timeout 240 $bin/kernels_attention_gpu_test --gtest_filter="${V3_TEST_FILTER:-*}" > "$out/tests.log" 2>&1 &
   tests=$!
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
-    --gtest_filter='*Fp8WgmmaPrefillSmallCases*:*Quantize*:*Launchers*' > "$out/sanitizer.log" 2>&1 &
+    --gtest_filter='*Fp8WgmmaPrefillSmallCases*:*Quantize*:*Launchers*:*Fp8Output*' > "$out/sanitizer.log" 2>&1 &
   memcheck=$!
   timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 $bin/kernels_attention_gpu_test \
     --gtest_filter='*Fp8WgmmaPrefillSmallCases*' > "$out/racecheck.log" 2>&1 &
@@ -56,6 +57,20 @@ if [[ "${V3_PROFILE:-0}" == 1 ]]; then
     echo "-- $f"
     grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|Executed Ipc Active|Warp Cycles Per Issued|Registers Per|Achieved Occupancy|Bank Conflicts|Stall|stall" "$f" | head -24
   done
+fi
+
+if [[ "${V3_QUICK:-0}" == 1 ]]; then
+  echo "== quick timings: prefill and small-batch decode, this build vs the previous one (bench_attention_v2)"
+  for b in ours v2; do
+    exe=$bin/bench_attention; [[ $b == v2 ]] && exe=$bin/bench_attention_v2
+    [[ -x $exe ]] || continue
+    for shape in "1 4096" "16 4096" "1 16384"; do
+      timeout 60 $exe --prefill $shape three_stage 2>&1 | grep prefill | sed "s/^/$b /"
+    done
+    for shape in "1 1024" "1 4096" "1 32768" "4 4096" "16 4096"; do
+      timeout 60 $exe --decode $shape 2>&1 | grep -E "decode" | sed "s/^/$b /"
+    done
+  done | tee -a "$out/bench.log"
 fi
 
 if [[ "${V3_BENCH:-0}" == 1 ]]; then

@@ -1,6 +1,7 @@
 // The CUDA kernels against the CPU references over sweeps of shapes; skipped without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -180,10 +181,27 @@ void check_fp8_prefill(HostProblem& host, const std::vector<uint16_t>& got) {
   }
 }
 
-void run_attention_case(const AttentionCase& c, Kernel kernel) {
+// The FP8 copy of the output (PagedAttentionArgs::out_fp8) must be numerics.h's per-token
+// quantization of the kernel's own BF16 output, bit for bit, every token written.
+void check_fp8_output(const HostProblem& host, const std::vector<uint16_t>& out, const std::vector<uint8_t>& codes,
+                      const std::vector<float>& scales) {
+  const size_t row = size_t(host.spec.q_heads) * host.spec.head_dim;
+  for (int token = 0; token < host.total_queries; ++token) {
+    float absmax = 0.0f;
+    for (size_t i = 0; i < row; ++i) absmax = std::max(absmax, std::fabs(bf16_to_float(out[token * row + i])));
+    const float scale = fp8_token_scale(absmax);
+    ASSERT_EQ(scales[token], scale) << "token " << token;
+    for (size_t i = 0; i < row; ++i)
+      ASSERT_EQ(codes[token * row + i], fp8_quantize_activation(bf16_to_float(out[token * row + i]), scale))
+          << "token " << token << " element " << i;
+  }
+}
+
+void run_attention_case(const AttentionCase& c, Kernel kernel, bool fp8_output = false) {
   ProblemSpec spec{c.q_heads, c.kv_heads, c.head_dim, c.page_size, c.seq_lens, c.q_lens};
   spec.seed = fresh_seed();
-  SCOPED_TRACE(::testing::Message() << c.name << kernel_name(kernel) << " seed " << spec.seed);
+  SCOPED_TRACE(::testing::Message() << c.name << kernel_name(kernel) << (fp8_output ? " FP8 output" : "") << " seed "
+                                    << spec.seed);
   HostProblem host = testing::make_problem(spec);
   quantize_qkv_reference(host.quantize_args());
   testing::gather_queries(host);
@@ -195,6 +213,16 @@ void run_attention_case(const AttentionCase& c, Kernel kernel) {
   a.cache = dev.cache(host.layout);
   a.sequences = dev.sequences(host);
   a.out = dev.out.get();
+  const size_t row = size_t(c.q_heads) * c.head_dim;
+  DeviceBuffer<uint8_t> out_fp8(std::vector<uint8_t>(host.total_queries * row, 0x7F));       // NaN poison
+  DeviceBuffer<float> out_fp8_scale(std::vector<float>(host.total_queries, std::nanf("")));
+  DeviceBuffer<uint32_t> fp8_workspace(std::vector<uint32_t>(2 * host.total_queries, 0xFFFFFFFFu));  // cleared by the launcher
+  if (fp8_output) {
+    a.out_fp8 = out_fp8.get();
+    a.out_fp8_scale = out_fp8_scale.get();
+    a.out_fp8_workspace = fp8_workspace.get();
+    a.total_queries = host.total_queries;
+  }
   if (kernel == Kernel::splitkv) {
     const size_t workspace_bytes = paged_attention_workspace_bytes(a);
     DeviceBuffer<uint8_t> workspace(std::vector<uint8_t>(workspace_bytes, 0xFF));  // NaN poison
@@ -208,13 +236,13 @@ void run_attention_case(const AttentionCase& c, Kernel kernel) {
   }
   FIREQ_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> got = dev.out.download();
+  if (fp8_output) check_fp8_output(host, got, out_fp8.download(), out_fp8_scale.download());
 
   if (fp8_prefill(kernel)) {
     check_fp8_prefill(host, got);
     return;
   }
   paged_attention_reference(host.attention_args(), PRounding::fp16);
-  const size_t row = size_t(c.q_heads) * c.head_dim;
   for (size_t b = 0; b < c.seq_lens.size(); ++b) {
     const size_t begin = host.query_start[b] * row, end = host.query_start[b + 1] * row;
     std::vector<double> ref(end - begin);
@@ -291,6 +319,20 @@ TEST(AttentionGpu, Fp8WgmmaPrefillSmallCases) {
   }
 }
 
+// The FP8 output option of every launcher: the split-KV kernel with one split (it writes the
+// output itself) and with several (the combine kernel does), both prefill kernels; GQA 32/8 and 9/3.
+TEST(AttentionGpu, Fp8OutputIsTheBf16OutputQuantizedPerToken) {
+  SKIP_WITHOUT_GPU();
+  const AttentionCase decode_one_split{"decode_one_split", 32, 8, 128, 16, {40, 64, 17}, {1, 2, 1}};
+  const AttentionCase decode_splits{"decode_splits", 9, 3, 64, 64, {4097, 300}, {1, 3}};
+  const AttentionCase prefill{"prefill_over_prefix", 32, 8, 128, 32, {700, 131}, {300, 131}};
+  run_attention_case(decode_one_split, Kernel::splitkv, true);
+  run_attention_case(decode_splits, Kernel::splitkv, true);
+  run_attention_case(prefill, Kernel::prefill, true);
+  run_attention_case(prefill, Kernel::prefill_fp8_three_stage, true);
+  run_attention_case(prefill, Kernel::prefill_fp8_serial, true);
+}
+
 TEST(AttentionGpu, LaunchersRejectBadShapes) {
   SKIP_WITHOUT_GPU();
   ProblemSpec spec;
@@ -303,6 +345,11 @@ TEST(AttentionGpu, LaunchersRejectBadShapes) {
   a.cache.layout.head_dim = 96;
   EXPECT_THROW(paged_attention_splitkv(a, nullptr, nullptr), Error);
   EXPECT_THROW(paged_attention_prefill(a, nullptr), Error);
+  EXPECT_THROW(paged_attention_prefill_fp8(a, nullptr), Error);
+  a.cache.layout.head_dim = host.layout.head_dim;
+  DeviceBuffer<uint8_t> out_fp8(size_t(host.total_queries) * spec.q_heads * host.layout.head_dim);
+  a.out_fp8 = out_fp8.get();  // without its scales and workspace
+  EXPECT_THROW(paged_attention_splitkv(a, nullptr, nullptr), Error);
   EXPECT_THROW(paged_attention_prefill_fp8(a, nullptr), Error);
   QkvQuantizeArgs qa = host.quantize_args();
   qa.cache = dev.cache(host.layout);

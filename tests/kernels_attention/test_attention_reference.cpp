@@ -155,6 +155,43 @@ TEST(AttentionReference, MatchesFp64AttentionOnDequantizedInputs) {
   }
 }
 
+// The FP8 copy of the output: one scale per token over all heads (bf16(absmax / 448)), every value
+// within half an e4m3 step of its BF16 output (relative 2^-4 in the normal range; the subnormal step
+// 2^-9 scale below it).
+TEST(AttentionReference, Fp8OutputQuantizesEachTokenOverAllHeads) {
+  ProblemSpec spec{9, 3, 64, 16, {70, 33}, {20, 33}};
+  spec.seed = static_cast<uint32_t>(std::random_device{}());
+  SCOPED_TRACE(::testing::Message() << "seed " << spec.seed);
+  HostProblem p = testing::make_problem(spec);
+  quantize_qkv_reference(p.quantize_args());
+  testing::gather_queries(p);
+  const size_t row = size_t(spec.q_heads) * spec.head_dim;
+  std::vector<uint8_t> codes(p.total_queries * row);
+  std::vector<float> scales(p.total_queries);
+  PagedAttentionArgs a = p.attention_args();
+  a.out_fp8 = codes.data();
+  a.out_fp8_scale = scales.data();
+  uint32_t unused_workspace = 0;  // the reference needs none, the shape check wants one
+  a.out_fp8_workspace = &unused_workspace;
+  a.total_queries = p.total_queries;
+  paged_attention_reference(a, PRounding::fp8_tile);
+  for (int token = 0; token < p.total_queries; ++token) {
+    float absmax = 0.0f;
+    for (size_t i = 0; i < row; ++i) absmax = std::max(absmax, std::fabs(bf16_to_float(p.out[token * row + i])));
+    ASSERT_GT(absmax, 0.0f);
+    EXPECT_EQ(scales[token], round_to_bf16(absmax / kFp8E4M3Max)) << "token " << token;
+    for (size_t i = 0; i < row; ++i) {
+      const float x = bf16_to_float(p.out[token * row + i]);
+      const float back = fp8_e4m3_to_float(codes[token * row + i]) * scales[token];
+      ASSERT_LE(std::fabs(back - x), std::fabs(x) / 16 + scales[token] * 0x1p-10f) << "token " << token << " i " << i;
+    }
+  }
+  a.total_queries = p.total_queries + 1;
+  EXPECT_THROW(paged_attention_reference(a, PRounding::fp8_tile), Error);
+  a.out_fp8_scale = nullptr;
+  EXPECT_THROW(paged_attention_reference(a, PRounding::fp8_tile), Error);
+}
+
 // The scale format of the cache, chosen by this measurement: INT4 K/V with a BF16 or an e4m3 scale
 // against unquantized FP64 attention (64 queries over 512 keys, errors pooled). Only V is quantized
 // here (K's error would mask the difference), at row magnitudes from 1 down to 0.002 (small models

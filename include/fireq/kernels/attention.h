@@ -137,7 +137,19 @@ struct PagedAttentionArgs {
   PagedSequences sequences;
   float softmax_scale = 0.0f;           // usually 1 / sqrt(head_dim)
   uint16_t* out = nullptr;              // BF16 [total_queries][q_heads][head_dim]
+
+  // Optional FP8 copy of the output, the o_proj GEMM's input: numerics.h's per-token activation rule
+  // over each token's q_heads * head_dim BF16 outputs (scale = bf16(absmax / 448), codes e4m3(out /
+  // scale)). Written by the same launch: whoever writes a token's last head quantizes the token. `out`
+  // is still written (the codes are computed from it).
+  uint8_t* out_fp8 = nullptr;           // e4m3 [total_queries][q_heads][head_dim], or nullptr
+  float* out_fp8_scale = nullptr;       // [total_queries]
+  uint32_t* out_fp8_workspace = nullptr;  // fp8_output_workspace_words(*this) words, cleared by the launcher
+  int total_queries = 0;                // query_start[batch]; needed with out_fp8
 };
+
+// Device words the FP8 output needs as workspace (2 per query token: absmax and a ticket).
+inline int64_t fp8_output_workspace_words(const PagedAttentionArgs& args) { return 2 * int64_t{args.total_queries}; }
 
 // How P = exp(S - max) is rounded before it meets V (see docs/kernels/ATTENTION.md):
 //  fp16: P * v_scale[token] rounded to FP16, FP32 accumulation (the split-KV kernel, mma.sync f16);
@@ -157,6 +169,7 @@ void check_metadata(const PagedAttentionArgs& host_args);
 // ---------------------------------------------------------------------------------------------
 // CPU references (host pointers). Both validate shapes and metadata first.
 void quantize_qkv_reference(const QkvQuantizeArgs& args);
+// Also writes out_fp8 / out_fp8_scale when out_fp8 is set (from its BF16 output; no workspace used).
 void paged_attention_reference(const PagedAttentionArgs& args, PRounding rounding);
 
 // Dequantized K and V rows of one cached token (head_dim floats each), for tests and tools.

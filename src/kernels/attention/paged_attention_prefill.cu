@@ -18,69 +18,23 @@
 
 #include "fireq/cuda_check.h"
 #include "fireq/error.h"
+#include "attention_common.cuh"
 #include "fireq/kernels/attention.h"
 
 namespace fireq::attention {
 namespace {
 
+using detail::bf16_bits_to_float;
+using detail::copy_async_commit;
+using detail::copy_async_wait;
+using detail::int4_pair_to_f16x2;
+using detail::mma_f16_16816;
+using detail::pack_f16x2;
+using detail::copy_async;
+using PrefillParams = detail::KernelParams;
+
 constexpr int kTile = 64;         // query tokens per CTA and KV tokens per pipeline stage
 constexpr int kWarps = 4;         // 16 query rows each
-constexpr float kLog2e = 1.4426950408889634f;
-
-struct PrefillParams {
-  const uint8_t* q;
-  const uint16_t* q_scale;
-  const int32_t* query_start;
-  const int32_t* block_table;
-  const int32_t* seq_lens;
-  const uint8_t* k;
-  const uint8_t* v;
-  const uint16_t* k_scale;
-  const uint16_t* v_scale;
-  PagedKvLayout layout;
-  int max_pages_per_seq;
-  int page_shift;      // log2(page_size)
-  int q_heads, group;
-  float score_factor;  // softmax_scale * log2(e)
-  uint16_t* out;
-};
-
-__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Nibbles j and j + 4 of a word of 8 two's-complement INT4 values, as exact FP16 (low, high).
-__device__ __forceinline__ uint32_t int4_pair_to_f16x2(uint32_t word, int j) {
-  const uint32_t biased = ((word >> (4 * j)) & 0x000F000Fu) ^ 0x64086408u;  // 1032 + value
-  const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&biased), __half2half2(__ushort_as_half(0x6408)));
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ uint32_t pack_f16x2(float low, float high) {
-  const __half2 h = __floats2half2_rn(low, high);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
-
-template <int kBytes>
-__device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int src_bytes = valid ? kBytes : 0;
-  if constexpr (kBytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-  } else {
-    static_assert(kBytes == 8, "16- or 8-byte pieces");
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-  }
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
@@ -299,20 +253,24 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_prefill_kernel(co
     __syncthreads();  // the FP16 tile and the raw stage are overwritten next
   }
 
+  int64_t token[2];
+  float absmax[2] = {0.0f, 0.0f};
   #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
     row_sum[rh] += __shfl_xor_sync(0xFFFFFFFFu, row_sum[rh], 1);
     row_sum[rh] += __shfl_xor_sync(0xFFFFFFFFu, row_sum[rh], 2);
-    if (row_query[rh] >= q_len) continue;
-    uint16_t* out = p.out + (int64_t(q_begin + row_query[rh]) * p.q_heads + head) * kHeadDim;
+    token[rh] = row_query[rh] < q_len ? int64_t(q_begin + row_query[rh]) : -1;
+    if (token[rh] < 0) continue;
+    uint16_t* out = p.out + (token[rh] * p.q_heads + head) * kHeadDim;
     const float inv = 1.0f / row_sum[rh];
     #pragma unroll
     for (int i = 0; i < kDTiles; ++i) {
-      const uint32_t pair = uint32_t(bf16_from_float(o_acc[i][2 * rh] * inv)) |
-                            (uint32_t(bf16_from_float(o_acc[i][2 * rh + 1] * inv)) << 16);
-      *reinterpret_cast<uint32_t*>(out + 8 * i + 2 * t) = pair;
+      const uint16_t lo = bf16_from_float(o_acc[i][2 * rh] * inv), hi = bf16_from_float(o_acc[i][2 * rh + 1] * inv);
+      absmax[rh] = fmaxf(absmax[rh], fmaxf(fabsf(bf16_bits_to_float(lo)), fabsf(bf16_bits_to_float(hi))));
+      *reinterpret_cast<uint32_t*>(out + 8 * i + 2 * t) = uint32_t{lo} | (uint32_t{hi} << 16);
     }
   }
+  if (p.fp8.codes) detail::fp8_epilogue_quads(p, token, absmax, lane);
 }
 
 template <int kHeadDim>
@@ -330,23 +288,7 @@ void paged_attention_prefill(const PagedAttentionArgs& args, void* stream) {
   const int q_tiles = (args.max_query_len + kTile - 1) / kTile;
   if (args.q_heads > 65535 || args.sequences.batch > 65535)
     fail("paged_attention_prefill: q_heads ", args.q_heads, " and batch ", args.sequences.batch, " must be <= 65535");
-  PrefillParams p{};
-  p.q = args.q;
-  p.q_scale = args.q_scale;
-  p.query_start = args.query_start;
-  p.block_table = args.sequences.block_table;
-  p.seq_lens = args.sequences.seq_lens;
-  p.k = args.cache.k;
-  p.v = args.cache.v;
-  p.k_scale = args.cache.k_scale;
-  p.v_scale = args.cache.v_scale;
-  p.layout = layout;
-  p.max_pages_per_seq = args.sequences.max_pages_per_seq;
-  p.page_shift = __builtin_ctz(static_cast<unsigned>(layout.page_size));  // a power of two (check_layout)
-  p.q_heads = args.q_heads;
-  p.group = args.q_heads / layout.kv_heads;
-  p.score_factor = args.softmax_scale * kLog2e;
-  p.out = args.out;
+  const PrefillParams p = detail::make_kernel_params(args, static_cast<cudaStream_t>(stream));
   const dim3 grid(q_tiles, args.q_heads, args.sequences.batch);
   const auto s = static_cast<cudaStream_t>(stream);
   if (layout.head_dim == 128) {

@@ -24,6 +24,7 @@
 #include <utility>
 
 #include "../gemm/ptx_sm90.cuh"
+#include "attention_common.cuh"
 #include "fireq/cuda_check.h"
 #include "fireq/error.h"
 #include "fireq/kernels/attention.h"
@@ -33,6 +34,10 @@ namespace {
 
 namespace ptx = fireq::gemm::ptx;
 using cute::SM90::GMMA::ScaleOut;
+using detail::bf16_bits_to_float;
+using detail::copy_async;
+using detail::e4m3x2;
+using Params = detail::KernelParams;
 
 constexpr int kConsumerRows = 64;             // query rows per consumer warpgroup (wgmma M)
 constexpr int kQueryTile = 2 * kConsumerRows;  // query tokens per CTA
@@ -41,29 +46,11 @@ constexpr int kStages = 3;                     // tile i's K and tile i-1's V ar
 constexpr int kRawStages = 3;                  // INT4 tiles in flight to the producer
 constexpr int kRawAhead = kRawStages - 1;      // copies issued this many tiles before their conversion
 constexpr int kThreads = 3 * 128;
-constexpr int kProducerRegisters = 56;
-constexpr int kConsumerRegisters = 224;  // 56 * 128 + 224 * 256 = 168 * 384: the launch's share
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kProducerRegisters = 72;
+constexpr int kConsumerRegisters = 216;  // 72 * 128 + 216 * 256 = 168 * 384: the launch's share
 // Named barriers: 1 + consumer (a consumer's Q staging), 3 (producer), kTurnBarrier + consumer (ping-pong).
 constexpr int kTurnBarrier = 4;
 
-struct Params {
-  const uint8_t* q;
-  const uint16_t* q_scale;
-  const int32_t* query_start;
-  const int32_t* block_table;
-  const int32_t* seq_lens;
-  const uint8_t* k;
-  const uint8_t* v;
-  const uint16_t* k_scale;
-  const uint16_t* v_scale;
-  int kv_heads;
-  int max_pages_per_seq;
-  int page_shift;  // log2(page_size)
-  int q_heads, group;
-  float score_factor;  // softmax_scale * log2(e)
-  uint16_t* out;
-};
 
 template <int kHeadDim>
 struct RawTile {  // one tile as it sits in the pages (zeros past the CTA's range)
@@ -104,27 +91,32 @@ __device__ __forceinline__ uint64_t k_major_descriptor(const void* tile) {
   return desc;
 }
 
-// Four two's-complement INT4 values (the nibbles of the low 16 bits, first value lowest) -> four
-// e4m3 bytes in the same order. Byte-permute lookups in the tables of 0..7 and -8..-1, then a third
-// permute takes each byte from the table its nibble's sign bit names.
-__device__ __forceinline__ uint32_t int4x4_to_e4m3x4(uint32_t nibbles) {
+// PTX prmt: bytes of {b, a} picked by the low 16 bits of `selector` (every selector here has bit 3
+// of each nibble clear, so no sign replication). __byte_perm would make the compiler mask the
+// selector first, and the high half's selector is already in place after one shift.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t out;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(out) : "r"(a), "r"(b), "r"(selector));
+  return out;
+}
+
+// Eight two's-complement INT4 values (the nibbles of `nibbles`, first value lowest) -> eight e4m3
+// bytes in the same order (.x: values 0-3, .y: values 4-7), exact. Byte-permute lookups in the
+// tables of 0..7 and -8..-1, then a third permute takes each byte from the table its nibble's sign
+// bit names; the masks and selectors of both halves come from one instruction each: 11 instructions
+// for 8 values (ptxas adds a register copy of a table before most lookups).
+__device__ __forceinline__ uint2 int4x8_to_e4m3x8(uint32_t nibbles) {
   constexpr uint32_t kCodes0To3 = 0x44403800u, kCodes4To7 = 0x4E4C4A48u;        // e4m3(0) .. e4m3(7)
   constexpr uint32_t kCodesM8ToM5 = 0xCACCCED0u, kCodesM4ToM1 = 0xB8C0C4C8u;    // e4m3(-8) .. e4m3(-1)
-  const uint32_t low_bits = nibbles & 0x7777u;
-  const uint32_t non_negative = __byte_perm(kCodes0To3, kCodes4To7, low_bits);
-  const uint32_t negative = __byte_perm(kCodesM8ToM5, kCodesM4ToM1, low_bits);
-  const uint32_t from_negative = (nibbles >> 1) & 0x4444u;  // selector bit 2 = the nibble's bit 3
-  return __byte_perm(non_negative, negative, 0x3210u | from_negative);
+  const uint32_t low_bits = nibbles & 0x77777777u;
+  // Selector bit 2 of each nibble = the value's sign (bit 3); 0x3210 picks bytes 0..3 in order.
+  const uint32_t pick = ((nibbles >> 1) & 0x44444444u) | 0x32103210u;
+  const uint32_t low_bits_hi = low_bits >> 16, pick_hi = pick >> 16;
+  const uint32_t lo = prmt(prmt(kCodes0To3, kCodes4To7, low_bits), prmt(kCodesM8ToM5, kCodesM4ToM1, low_bits), pick);
+  const uint32_t hi =
+      prmt(prmt(kCodes0To3, kCodes4To7, low_bits_hi), prmt(kCodesM8ToM5, kCodesM4ToM1, low_bits_hi), pick_hi);
+  return make_uint2(lo, hi);
 }
-
-// Two floats -> two e4m3 bytes (RNE, saturating: numerics.h's fp8_e4m3_from_float), `low` first.
-__device__ __forceinline__ uint32_t e4m3x2(float low, float high) {
-  uint16_t packed;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(packed) : "f"(high), "f"(low));
-  return packed;
-}
-
-__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
 
 __device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
   asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -202,18 +194,6 @@ struct ProducerPieces {
   __device__ static int v_channel(int thread, int i) { return thread / (kKvTile / 16) + (128 / (kKvTile / 16)) * i; }
 };
 
-template <int kBytes>
-__device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = ptx::smem_address(smem);
-  const int src_bytes = valid ? kBytes : 0;  // 0: zero-fill (keys past the CTA's range)
-  if constexpr (kBytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(dst), "l"(gmem), "n"(kBytes), "r"(src_bytes)
-                 : "memory");
-  }
-}
-
 // The pages of a thread's pieces of one tile (K rows, its V^T chunk, its scale pair). Fetched one
 // tile before the copies that use them: a block-table load in front of every cp.async would put one
 // memory round trip per piece on the producer's path.
@@ -238,51 +218,65 @@ __device__ __forceinline__ TilePages<kHeadDim> fetch_pages(const Params& p, cons
   return t;
 }
 
-// Copies tile `tile`'s INT4 K rows, V^T chunks and BF16 scales into raw stage `raw`.
+// What a producer thread's copies need, in registers: the CTA's KV head in page 0 of each array and
+// the distance between pages (the same for K and V data: kv_heads * page_size * d / 2 bytes).
+struct CopyPlan {
+  const uint8_t* k;
+  const uint8_t* v;
+  const uint16_t* scales;  // K scales (threads 0..63) or V scales (64..127)
+  uint32_t data_page_bytes, scale_page_elements;
+  int page_mask, half_page_shift;
+
+  __device__ __forceinline__ CopyPlan(const Params& p, const CtaRange& r, int head_dim, int thread) {
+    const int page_size = 1 << p.page_shift;
+    k = p.k + int64_t(r.kv_head) * page_size * (head_dim / 2);
+    v = p.v + int64_t(r.kv_head) * head_dim * (page_size / 2);
+    scales = (thread < 64 ? p.k_scale : p.v_scale) + int64_t(r.kv_head) * page_size;
+    scale_page_elements = uint32_t(p.layout.kv_heads) * page_size;
+    data_page_bytes = scale_page_elements * (head_dim / 2);
+    page_mask = page_size - 1;
+    half_page_shift = p.page_shift - 1;
+  }
+};
+
+// Copies tile `tile`'s INT4 K rows, V^T chunks and BF16 scales into raw stage `raw`. Pieces past the
+// range are zero-filled; their pages are clamped ones (fetch_pages), so every address is valid.
 template <int kHeadDim>
-__device__ __forceinline__ void copy_raw_tile(const Params& p, const CtaRange& r, const TilePages<kHeadDim>& pages,
+__device__ __forceinline__ void copy_raw_tile(const CopyPlan& plan, const CtaRange& r, const TilePages<kHeadDim>& pages,
                                               RawTile<kHeadDim>& raw, int tile, int thread) {
   using Pieces = ProducerPieces<kHeadDim>;
-  const int page_mask = (1 << p.page_shift) - 1;
-  // (page * kv_heads + kv_head) * page_size + slot: the row of a cached position in the K data / scales.
-  auto row_of = [&](int page, int pos) {
-    return ((int64_t(page) * p.kv_heads + r.kv_head) << p.page_shift) + (pos & page_mask);
-  };
   const int tile_start = tile * kKvTile;
   #pragma unroll
   for (int i = 0; i < Pieces::kK; ++i) {
     const int key = Pieces::k_key(thread, i), part = Pieces::k_part(thread, i), pos = tile_start + key;
-    const bool valid = pos < r.kv_end;
-    copy_async<16>(&raw.k[key][16 * part], valid ? p.k + row_of(pages.k[i], pos) * (kHeadDim / 2) + 16 * part : p.k,
-                   valid);
+    const uint8_t* src = plan.k + uint64_t(uint32_t(pages.k[i])) * plan.data_page_bytes +
+                         ((pos & plan.page_mask) * (kHeadDim / 2) + 16 * part);
+    copy_async<16>(&raw.k[key][16 * part], src, pos < r.kv_end);
   }
+  // V^T: byte (slot / 2) of channel row `channel` (page_size / 2 bytes) of the page's head block.
   const int chunk = Pieces::v_chunk(thread), chunk_pos = tile_start + 16 * chunk;
   const bool chunk_valid = chunk_pos < r.kv_end;  // keys past kv_end inside it: P is 0 there, codes finite
-  const int64_t chunk_row = chunk_valid ? row_of(pages.v, chunk_pos) : 0;
-  // V^T byte of (row, channel): ((page * kv_heads + h) * d + channel) * page_size / 2 + slot / 2.
   const uint8_t* v_chunk =
-      p.v + ((((chunk_row >> p.page_shift) * kHeadDim) << p.page_shift) >> 1) + ((chunk_row & page_mask) >> 1);
+      plan.v + uint64_t(uint32_t(pages.v)) * plan.data_page_bytes + ((chunk_pos & plan.page_mask) >> 1);
   #pragma unroll
   for (int i = 0; i < Pieces::kV; ++i) {
     const int channel = Pieces::v_channel(thread, i);
-    copy_async<8>(&raw.v[channel][8 * chunk], chunk_valid ? v_chunk + ((int64_t(channel) << p.page_shift) >> 1) : p.v,
-                  chunk_valid);
+    copy_async<8>(&raw.v[channel][8 * chunk], v_chunk + (channel << plan.half_page_shift), chunk_valid);
   }
   // Scales of keys 2j, 2j + 1 (one 4-byte piece: same 16-key chunk, even slot): K by threads 0..63, V by 64..127.
   const int pair = thread % 64, pos = tile_start + 2 * pair;
-  const bool valid = pos < r.kv_end, is_k = thread < 64;
-  const uint16_t* scales = is_k ? p.k_scale : p.v_scale;
-  copy_async<4>((is_k ? raw.k_scale : raw.v_scale) + 2 * pair, valid ? scales + row_of(pages.scale, pos) : scales,
-                valid);
+  const uint16_t* src = plan.scales + uint64_t(uint32_t(pages.scale)) * plan.scale_page_elements + (pos & plan.page_mask);
+  copy_async<4>((thread < 64 ? raw.k_scale : raw.v_scale) + 2 * pair, src, pos < r.kv_end);
 }
 
 template <int kHeadDim>
 __device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, int thread) {
   using Pieces = ProducerPieces<kHeadDim>;
+  const CopyPlan plan(p, r, kHeadDim, thread);
   TilePages<kHeadDim> next_pages = fetch_pages<kHeadDim>(p, r, 0, thread);
   for (int tile = 0; tile < kRawAhead; ++tile) {
     if (tile < r.tiles) {
-      copy_raw_tile<kHeadDim>(p, r, next_pages, sm.raw[tile], tile, thread);
+      copy_raw_tile<kHeadDim>(plan, r, next_pages, sm.raw[tile], tile, thread);
       next_pages = fetch_pages<kHeadDim>(p, r, tile + 1, thread);
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
@@ -294,7 +288,7 @@ __device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
     ptx::named_barrier_sync(3, 128);  // every producer thread's copies of this tile have landed; the
                                       // raw stage of tile - 1 has been read by all of them
     if (tile + kRawAhead < r.tiles) {
-      copy_raw_tile<kHeadDim>(p, r, next_pages, sm.raw[(tile + kRawAhead) % kRawStages], tile + kRawAhead, thread);
+      copy_raw_tile<kHeadDim>(plan, r, next_pages, sm.raw[(tile + kRawAhead) % kRawStages], tile + kRawAhead, thread);
       next_pages = fetch_pages<kHeadDim>(p, r, tile + kRawAhead + 1, thread);
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
@@ -305,24 +299,22 @@ __device__ void produce(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
       const int key = Pieces::k_key(thread, i), part = Pieces::k_part(thread, i);
       const uint4 w = *reinterpret_cast<const uint4*>(&raw.k[key][16 * part]);
       uint8_t* tile_k = sm.k[stage];
-      *reinterpret_cast<uint4*>(tile_k + swizzled<kHeadDim>(key, 32 * part)) =
-          make_uint4(int4x4_to_e4m3x4(w.x), int4x4_to_e4m3x4(w.x >> 16), int4x4_to_e4m3x4(w.y),
-                     int4x4_to_e4m3x4(w.y >> 16));
-      *reinterpret_cast<uint4*>(tile_k + swizzled<kHeadDim>(key, 32 * part + 16)) =
-          make_uint4(int4x4_to_e4m3x4(w.z), int4x4_to_e4m3x4(w.z >> 16), int4x4_to_e4m3x4(w.w),
-                     int4x4_to_e4m3x4(w.w >> 16));
+      const uint2 c0 = int4x8_to_e4m3x8(w.x), c1 = int4x8_to_e4m3x8(w.y);
+      const uint2 c2 = int4x8_to_e4m3x8(w.z), c3 = int4x8_to_e4m3x8(w.w);
+      *reinterpret_cast<uint4*>(tile_k + swizzled<kHeadDim>(key, 32 * part)) = make_uint4(c0.x, c0.y, c1.x, c1.y);
+      *reinterpret_cast<uint4*>(tile_k + swizzled<kHeadDim>(key, 32 * part + 16)) = make_uint4(c2.x, c2.y, c3.x, c3.y);
     }
     const int chunk = Pieces::v_chunk(thread);
     #pragma unroll
     for (int i = 0; i < Pieces::kV; ++i) {
       const int channel = Pieces::v_channel(thread, i);
       const uint2 w = *reinterpret_cast<const uint2*>(&raw.v[channel][8 * chunk]);
-      const uint32_t a_lo = int4x4_to_e4m3x4(w.x), a_hi = int4x4_to_e4m3x4(w.x >> 16);  // keys 0..7
-      const uint32_t b_lo = int4x4_to_e4m3x4(w.y), b_hi = int4x4_to_e4m3x4(w.y >> 16);  // keys 8..15
-      // Pairs of keys alternate between the chunk's two halves: the order pack_p() holds them in.
-      const uint4 out = make_uint4(__byte_perm(a_lo, b_lo, 0x5410), __byte_perm(a_lo, b_lo, 0x7632),
-                                   __byte_perm(a_hi, b_hi, 0x5410), __byte_perm(a_hi, b_hi, 0x7632));
-      *reinterpret_cast<uint4*>(sm.vt[stage] + swizzled<128>(channel, 16 * chunk)) = out;
+      // Pairs of keys alternate between the chunk's two halves, the order pack_p() holds them in:
+      // bytes (keys 0 1) (8 9) (2 3) (10 11) | (4 5) (12 13) (6 7) (14 15), interleaved before the lookup.
+      const uint2 first = int4x8_to_e4m3x8(__byte_perm(w.x, w.y, 0x5140));
+      const uint2 second = int4x8_to_e4m3x8(__byte_perm(w.x, w.y, 0x7362));
+      *reinterpret_cast<uint4*>(sm.vt[stage] + swizzled<128>(channel, 16 * chunk)) =
+          make_uint4(first.x, first.y, second.x, second.y);
     }
     // A pair's second key may lie past kv_end with a stale scale (NaN, say): 0 keeps 0 * scale finite.
     const bool key_valid = tile * kKvTile + thread < r.kv_end;
@@ -373,8 +365,10 @@ struct Consumer {
   __device__ __forceinline__ void softmax_tile(float (&s)[64], int tile_start, int stage, float (&rescale)[2]) {
     const float2* k_scale = reinterpret_cast<const float2*>(sm.k_scale[stage]) + t;  // keys 2t, 2t + 1
     const float2* v_scale = reinterpret_cast<const float2*>(sm.v_scale[stage]) + t;
-    float vmax[2] = {0.0f, 0.0f}, tile_max[2] = {-INFINITY, -INFINITY};
-    // S * k_scale (x, the row factor still out) and the row maxima; masked keys -inf.
+    float vmax[2] = {0.0f, 0.0f};
+    float max_part[2][4] = {{-INFINITY, -INFINITY, -INFINITY, -INFINITY}, {-INFINITY, -INFINITY, -INFINITY, -INFINITY}};
+    // S * k_scale (x, the row factor still out) and the row maxima (4 partial maxima per row: short
+    // dependency chains); masked keys -inf.
     #pragma unroll
     for (int j = 0; j < 16; ++j) {
       const float2 ks = k_scale[4 * j];
@@ -390,7 +384,7 @@ struct Consumer {
           if (visible) vmax[rh] = fmaxf(vmax[rh], e % 2 ? vs.y : vs.x);
         }
         s[i] = x;
-        tile_max[rh] = fmaxf(tile_max[rh], x);
+        max_part[rh][j % 4] = fmaxf(max_part[rh][j % 4], x);
       }
     }
     if constexpr (!kMasked) {
@@ -400,13 +394,14 @@ struct Consumer {
     float neg_base[2], to_fp8[2];
     #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
+      float tile_max = fmaxf(fmaxf(max_part[rh][0], max_part[rh][1]), fmaxf(max_part[rh][2], max_part[rh][3]));
       #pragma unroll
       for (int lane_bit = 1; lane_bit <= 2; lane_bit <<= 1) {
-        tile_max[rh] = fmaxf(tile_max[rh], __shfl_xor_sync(0xFFFFFFFFu, tile_max[rh], lane_bit));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, lane_bit));
         if constexpr (kMasked) vmax[rh] = fmaxf(vmax[rh], __shfl_xor_sync(0xFFFFFFFFu, vmax[rh], lane_bit));
       }
       // The row factor is >= 0 (0 for rows past q_len): max(x * f) = max(x) * f.
-      const float scaled_max = tile_max[rh] == -INFINITY ? -INFINITY : tile_max[rh] * row_factor[rh];
+      const float scaled_max = tile_max == -INFINITY ? -INFINITY : tile_max * row_factor[rh];
       const float new_max = fmaxf(row_max[rh], scaled_max);
       const float base = new_max == -INFINITY ? 0.0f : new_max;
       const float alpha = fast_exp2(row_max[rh] - base);
@@ -414,13 +409,15 @@ struct Consumer {
       row_sum[rh] *= alpha;
       neg_base[rh] = -base;
       // A row that sees no key of this tile keeps its units (its P is all zero).
-      const float unit = vmax[rh] > 0.0f ? vmax[rh] / kFp8E4M3Max : o_unit[rh];
-      to_fp8[rh] = vmax[rh] > 0.0f ? kFp8E4M3Max / vmax[rh] : 0.0f;
-      rescale[rh] = alpha * (o_unit[rh] / unit);
+      // Fast division (2 ulp): these factors only set the units of P and O, and e4m3 rounds P to 4 bits.
+      const float unit = vmax[rh] > 0.0f ? vmax[rh] * (1.0f / kFp8E4M3Max) : o_unit[rh];
+      to_fp8[rh] = vmax[rh] > 0.0f ? __fdividef(kFp8E4M3Max, vmax[rh]) : 0.0f;
+      rescale[rh] = alpha * __fdividef(o_unit[rh], unit);
       o_unit[rh] = unit;
     }
-    // P~ = exp2(x * f - max), summed unscaled; then times v_scale * 448 / max(v_scale), the factor
-    // per key (interior tiles: the same for both row halves).
+    // P~ = exp2(x * f - max), summed unscaled (2 partial sums per row); then times v_scale * 448 /
+    // max(v_scale), the factor per key (interior tiles: the same for both row halves).
+    float sum_part[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     #pragma unroll
     for (int j = 0; j < 16; ++j) {
       const float2 vs = v_scale[4 * j];
@@ -436,9 +433,11 @@ struct Consumer {
           prob = fast_exp2(fmaf(s[i], row_factor[rh], neg_base[rh]));
           s[i] = prob * (e % 2 ? key_factor.y : key_factor.x);
         }
-        row_sum[rh] += prob;
+        sum_part[rh][j % 2] += prob;
       }
     }
+    row_sum[0] += sum_part[0][0] + sum_part[0][1];
+    row_sum[1] += sum_part[1][0] + sum_part[1][1];
   }
 
   // The scaled P (softmax's output in S's registers) to e4m3 A fragments. k-step ks: a0 = row g, keys
@@ -626,22 +625,26 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
   #pragma unroll
   for (int i = 0; i < kHeadDim / 2; ++i) ptx::fence_register(o[i]);
 
+  int64_t token[2];
+  float absmax[2] = {0.0f, 0.0f};
   #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
     float sum = c.row_sum[rh];
     sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
     sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
     const int query = wg_first_query + c.warp * 16 + c.g + 8 * rh;
-    if (query >= r.q_len) continue;
-    uint16_t* out = p.out + (int64_t(r.q_begin + query) * p.q_heads + r.head) * kHeadDim;
+    token[rh] = query < r.q_len ? int64_t(r.q_begin + query) : -1;
+    if (token[rh] < 0) continue;
+    uint16_t* out = p.out + (token[rh] * p.q_heads + r.head) * kHeadDim;
     const float factor = c.o_unit[rh] / sum;
     #pragma unroll
     for (int j = 0; j < kHeadDim / 8; ++j) {
-      const uint32_t pair = uint32_t(bf16_from_float(o[4 * j + 2 * rh] * factor)) |
-                            (uint32_t(bf16_from_float(o[4 * j + 2 * rh + 1] * factor)) << 16);
-      *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * c.t) = pair;
+      const uint16_t lo = bf16_from_float(o[4 * j + 2 * rh] * factor), hi = bf16_from_float(o[4 * j + 2 * rh + 1] * factor);
+      absmax[rh] = fmaxf(absmax[rh], fmaxf(fabsf(bf16_bits_to_float(lo)), fabsf(bf16_bits_to_float(hi))));
+      *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * c.t) = uint32_t{lo} | (uint32_t{hi} << 16);
     }
   }
+  if (p.fp8.codes) detail::fp8_epilogue_quads(p, token, absmax, lane);
 }
 
 template <int kHeadDim, bool kThreeStage>
@@ -687,25 +690,9 @@ void paged_attention_prefill_fp8(const PagedAttentionArgs& args, void* stream, P
   if (args.q_heads > 65535 || args.sequences.batch > 65535)
     fail("paged_attention_prefill_fp8: q_heads ", args.q_heads, " and batch ", args.sequences.batch,
          " must be <= 65535");
-  Params p{};
-  p.q = args.q;
-  p.q_scale = args.q_scale;
-  p.query_start = args.query_start;
-  p.block_table = args.sequences.block_table;
-  p.seq_lens = args.sequences.seq_lens;
-  p.k = args.cache.k;
-  p.v = args.cache.v;
-  p.k_scale = args.cache.k_scale;
-  p.v_scale = args.cache.v_scale;
-  p.kv_heads = layout.kv_heads;
-  p.max_pages_per_seq = args.sequences.max_pages_per_seq;
-  p.page_shift = __builtin_ctz(static_cast<unsigned>(layout.page_size));  // a power of two (check_layout)
-  p.q_heads = args.q_heads;
-  p.group = args.q_heads / layout.kv_heads;
-  p.score_factor = args.softmax_scale * kLog2e;
-  p.out = args.out;
-  const dim3 grid((args.max_query_len + kQueryTile - 1) / kQueryTile, args.q_heads, args.sequences.batch);
   const auto s = static_cast<cudaStream_t>(stream);
+  const Params p = detail::make_kernel_params(args, s);
+  const dim3 grid((args.max_query_len + kQueryTile - 1) / kQueryTile, args.q_heads, args.sequences.batch);
   const bool three_stage = pipeline == PrefillPipeline::three_stage;
   if (layout.head_dim == 128) {
     three_stage ? launch<128, true>(grid, p, s) : launch<128, false>(grid, p, s);

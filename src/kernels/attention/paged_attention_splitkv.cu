@@ -26,10 +26,18 @@
 
 #include "fireq/cuda_check.h"
 #include "fireq/error.h"
+#include "attention_common.cuh"
 #include "fireq/kernels/attention.h"
 
 namespace fireq::attention {
 namespace {
+
+using detail::bf16_bits_to_float;
+using detail::copy_async_commit;
+using detail::copy_async_wait;
+using detail::int4_pair_to_f16x2;
+using detail::mma_f16_16816;
+using detail::pack_f16x2;
 
 constexpr int kTileTokens = 64;   // per warp iteration: 4 MMA row tiles of 16 tokens
 constexpr int kWarps = 4;
@@ -37,61 +45,23 @@ constexpr int kRowsPerCta = 8;    // query rows: the n = 8 of m16n8k16
 constexpr int kStages = 2;        // tiles per warp in shared memory (cp.async groups)
 constexpr int kCtasPerSm = 3;     // what shared memory (67 KB per CTA) and registers (134) allow
 constexpr int kMaxSplits = 64;
-constexpr float kLog2e = 1.4426950408889634f;
 
-struct SplitKvParams {
-  const uint8_t* q;
-  const uint16_t* q_scale;
-  const int32_t* query_start;
-  const int32_t* block_table;
-  const int32_t* seq_lens;
-  const uint8_t* k;
-  const uint8_t* v;
-  const uint16_t* k_scale;
-  const uint16_t* v_scale;
-  PagedKvLayout layout;
-  int max_pages_per_seq;
-  int page_shift;       // log2(page_size)
-  int q_heads, group;
+struct SplitKvParams : detail::KernelParams {
   int chunks;           // row chunks per KV head
   int splits;
   int tiles_per_split;
-  float score_factor;   // softmax_scale * log2(e)
   float* partial_o;     // [batch][kv_heads][chunks][splits][8][d], unnormalised
   float2* partial_ml;   // [batch][kv_heads][chunks][splits][8]: (row max, row sum) in the log2 domain
-  uint16_t* out;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Warp-level primitives.
-
-__device__ __forceinline__ void mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ uint32_t transpose_8x8_f16(uint32_t x) {
   uint32_t y;
   asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
   return y;
 }
-
-// Nibbles j and j + 4 of a word of 8 two's-complement INT4 values, as exact FP16 (low, high).
-__device__ __forceinline__ uint32_t int4_pair_to_f16x2(uint32_t word, int j) {
-  const uint32_t biased = ((word >> (4 * j)) & 0x000F000Fu) ^ 0x64086408u;  // 1024 + (n ^ 8) = 1032 + value
-  const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&biased), __half2half2(__ushort_as_half(0x6408)));
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ uint32_t pack_f16x2(float low, float high) {
-  const __half2 h = __floats2half2_rn(low, high);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) { return __uint_as_float(uint32_t{bits} << 16); }
 
 // Row rho (0..15) of MMA row tile j in a 64-token tile -> token offset in the tile. Chosen so that
 // after movmatrix.trans thread t holds P for tokens 16t + {8(j>>1) + 2(j&1)} + {0,4} and {1,5},
@@ -107,24 +77,6 @@ template <int kHeadDim>
 __device__ __forceinline__ int q_channel_of_pair(int t, int p, int high) {
   return t * (kHeadDim / 4) + 8 * (p >> 2) + (p & 3) + 4 * high;
 }
-
-// Asynchronous global -> shared copies of 16 or 8 bytes; `valid` false writes zeros (reads nothing).
-// The L2::256B hint has DRAM fetch whole 256-byte blocks: a tile's K rows of a page are read by 8
-// different copy instructions, so the neighbours come in with the first.
-template <int kBytes>
-__device__ __forceinline__ void copy_async(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int src_bytes = valid ? kBytes : 0;
-  if constexpr (kBytes == 16) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-  } else {
-    static_assert(kBytes == 8, "16- or 8-byte pieces");
-    asm volatile("cp.async.ca.shared.global.L2::256B [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-  }
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
 // One warp's share of one pipeline stage: a 64-token tile. Laid out [piece][lane] so that a warp's
 // 16- or 8-byte accesses to one piece are conflict-free.
@@ -215,7 +167,10 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
         for (int rh = 0; rh < 2; ++rh) {
           const int inner = 8 * (j >> 1) + 2 * (j & 1) + rh;  // tile_token_of_row(j, g + 8 rh) - chunk_pos + tile_start
           const bool valid = chunk_pos + inner < token_end;
-          copy_async<kHeadDim / 8>(st.k[j * 2 + rh][lane], valid ? row0 + inner * (kHeadDim / 2) : p.k, valid);
+          // The 256-byte L2 prefetch: a tile's K rows of a page are read by 8 different copy
+          // instructions, so the neighbours come in with the first.
+          detail::copy_async<kHeadDim / 8, true>(st.k[j * 2 + rh][lane], valid ? row0 + inner * (kHeadDim / 2) : p.k,
+                                                 valid);
         }
     }
     {
@@ -229,13 +184,13 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
       for (int i = 0; i < kSteps; ++i)
         #pragma unroll
         for (int rh = 0; rh < 2; ++rh)
-          copy_async<8>(&st.v[i * 2 + rh][lane], valid ? channel0 + (16 * i + 8 * rh) * (page_size / 2) : p.v, valid);
+          detail::copy_async<8, true>(&st.v[i * 2 + rh][lane], valid ? channel0 + (16 * i + 8 * rh) * (page_size / 2) : p.v, valid);
     }
     {
       const int pos = tile_start + 4 * (lane % 16);  // lanes 0-15: K scales, 16-31: V scales, 4 tokens each
       const bool valid = pos < token_end;
       const uint16_t* scales = lane < 16 ? p.k_scale : p.v_scale;
-      copy_async<8>((lane < 16 ? st.k_scale : st.v_scale) + 4 * (lane % 16), valid ? scales + chunk_slot(pos) : scales,
+      detail::copy_async<8, true>((lane < 16 ? st.k_scale : st.v_scale) + 4 * (lane % 16), valid ? scales + chunk_slot(pos) : scales,
                     valid);
     }
   };
@@ -388,13 +343,17 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_splitkv_kernel(co
     }
     const int64_t partial = ((int64_t(b) * p.layout.kv_heads + h) * p.chunks + chunk) * p.splits + split;
     if (p.splits == 1) {  // the whole sequence: normalise and write the output here
-      const int64_t out_row = int64_t(q_begin + row / p.group) * p.q_heads + h * p.group + row % p.group;
+      const int64_t token = q_begin + row / p.group, out_row = token * p.q_heads + h * p.group + row % p.group;
+      float absmax = 0.0f;
       for (int c = lane; c < kHeadDim; c += 32) {
         float o = 0.0f;
         #pragma unroll
         for (int w = 0; w < kWarps; ++w) o += smem_o[w][r][c] * weight[w];
-        p.out[out_row * kHeadDim + c] = bf16_from_float(o / merged_sum);
+        const uint16_t value = bf16_from_float(o / merged_sum);
+        absmax = fmaxf(absmax, fabsf(bf16_bits_to_float(value)));
+        p.out[out_row * kHeadDim + c] = value;
       }
+      if (p.fp8.codes) detail::fp8_epilogue_warp_row(p, token, absmax, lane);
     } else {
       float* dst = p.partial_o + (partial * kRowsPerCta + r) * kHeadDim;
       for (int c = lane; c < kHeadDim; c += 32) {
@@ -449,9 +408,15 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) combine_splits_kernel(const 
       o[3] += x.w * w;
     }
   }
-  const int64_t out_row = int64_t(q_begin + row / p.group) * p.q_heads + h * p.group + row % p.group;
+  const int64_t token = q_begin + row / p.group, out_row = token * p.q_heads + h * p.group + row % p.group;
+  float absmax = 0.0f;
   #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) p.out[out_row * kHeadDim + lane * kPerLane + i] = bf16_from_float(o[i] / merged_sum);
+  for (int i = 0; i < kPerLane; ++i) {
+    const uint16_t value = bf16_from_float(o[i] / merged_sum);
+    absmax = fmaxf(absmax, fabsf(bf16_bits_to_float(value)));
+    p.out[out_row * kHeadDim + lane * kPerLane + i] = value;
+  }
+  if (p.fp8.codes) detail::fp8_epilogue_warp_row(p, token, absmax, lane);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,32 +476,17 @@ void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, vo
   if (int64_t{layout.kv_heads} * plan.chunks > 65535 || args.sequences.batch > 65535)
     fail("paged_attention_splitkv: grid too large (kv_heads * row chunks ", int64_t{layout.kv_heads} * plan.chunks,
          ", batch ", args.sequences.batch, "; at most 65535 each)");
+  const auto s = static_cast<cudaStream_t>(stream);
   SplitKvParams p{};
-  p.q = args.q;
-  p.q_scale = args.q_scale;
-  p.query_start = args.query_start;
-  p.block_table = args.sequences.block_table;
-  p.seq_lens = args.sequences.seq_lens;
-  p.k = args.cache.k;
-  p.v = args.cache.v;
-  p.k_scale = args.cache.k_scale;
-  p.v_scale = args.cache.v_scale;
-  p.layout = layout;
-  p.max_pages_per_seq = args.sequences.max_pages_per_seq;
-  p.page_shift = __builtin_ctz(static_cast<unsigned>(layout.page_size));  // a power of two (check_layout)
-  p.q_heads = args.q_heads;
-  p.group = args.q_heads / layout.kv_heads;
+  static_cast<detail::KernelParams&>(p) = detail::make_kernel_params(args, s);
   p.chunks = plan.chunks;
   p.splits = plan.splits;
   p.tiles_per_split = plan.tiles_per_split;
-  p.score_factor = args.softmax_scale * kLog2e;
   const int64_t rows = partial_rows(args, plan);
   p.partial_o = static_cast<float*>(workspace);
   p.partial_ml = plan.splits > 1 ? reinterpret_cast<float2*>(p.partial_o + rows * layout.head_dim) : nullptr;
-  p.out = args.out;
 
   const dim3 grid(plan.splits, layout.kv_heads * plan.chunks, args.sequences.batch);
-  const auto s = static_cast<cudaStream_t>(stream);
   if (layout.head_dim == 128) {
     launch_main<128>(grid, p, s);
   } else {

@@ -148,6 +148,9 @@ void check_shapes(const PagedAttentionArgs& args) {
     fail("paged_attention: softmax_scale ", args.softmax_scale, " must be finite and > 0");
   if (!args.q || !args.q_scale || !args.query_start || !args.out || !seqs.block_table || !seqs.seq_lens)
     fail("paged_attention: q, q_scale, query_start, out, block_table and seq_lens must be set");
+  if (args.out_fp8 && (!args.out_fp8_scale || !args.out_fp8_workspace || args.total_queries <= 0))
+    fail("paged_attention: out_fp8 needs out_fp8_scale, out_fp8_workspace and total_queries > 0 (got ",
+         args.total_queries, ")");
 }
 
 void check_metadata(const QkvQuantizeArgs& args) {
@@ -303,6 +306,22 @@ void accumulate_row(const std::vector<float>& scores, const UnpackedHead& u, int
   }
 }
 
+// The FP8 copy of the BF16 output: numerics.h's per-token rule over each token's q_heads * d values.
+void quantize_output_fp8(const PagedAttentionArgs& args) {
+  if (args.query_start[args.sequences.batch] != args.total_queries)
+    fail("paged_attention: total_queries ", args.total_queries, " differs from query_start[batch] = ",
+         args.query_start[args.sequences.batch]);
+  const int64_t row = int64_t{args.q_heads} * args.cache.layout.head_dim;
+  for (int64_t token = 0; token < args.total_queries; ++token) {
+    const uint16_t* x = args.out + token * row;
+    float absmax = 0.0f;
+    for (int64_t i = 0; i < row; ++i) absmax = std::max(absmax, std::fabs(bf16_to_float(x[i])));
+    const float scale = fp8_token_scale(absmax);
+    args.out_fp8_scale[token] = scale;
+    for (int64_t i = 0; i < row; ++i) args.out_fp8[token * row + i] = fp8_quantize_activation(bf16_to_float(x[i]), scale);
+  }
+}
+
 }  // namespace
 
 void paged_attention_reference(const PagedAttentionArgs& args, PRounding rounding) {
@@ -338,6 +357,7 @@ void paged_attention_reference(const PagedAttentionArgs& args, PRounding roundin
       }
     }
   }
+  if (args.out_fp8) quantize_output_fp8(args);
 }
 
 // ---------------------------------------------------------------------------------------------
