@@ -1,8 +1,9 @@
 // Times the attention kernels on the device: split-KV decode over a paged INT4 cache (GB/s on the
 // KV bytes against the HBM bandwidth measured in the same run), the fused RoPE/quantize/cache
 // write, and causal prefill (TFLOP/s). Llama-3-8B heads: 32 q / 8 kv, d = 128.
-// Usage: bench_attention <out.json>. The peers run in the same device call (bench/peers/torch_fbgemm_peers.py)
-// and merge_results.py joins both files.
+// Usage: bench_attention <out.json>: decode, the fused quantize, and every prefill kernel (also with the
+// FP8 output option). The peers run in the same device call (bench/peers/torch_fbgemm_peers.py) and
+// merge_results.py joins both files.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -108,6 +109,10 @@ struct PagedBench {
   uint16_t* q_scale = nullptr;
   uint16_t* out = nullptr;
   void* workspace = nullptr;
+  uint8_t* out_fp8 = nullptr;  // the FP8 output option (PagedAttentionArgs::out_fp8), when asked for
+  float* out_fp8_scale = nullptr;
+  uint32_t* fp8_workspace = nullptr;
+  int total_queries = 0;
   int max_pages = 0;
 
   PagedBench(int batch, int ctx, int q_len, int page_size, int instances, cudaStream_t stream) {
@@ -144,13 +149,20 @@ struct PagedBench {
     q_scale = device_alloc<uint16_t>(int64_t(batch) * q_len * kQHeads);
     fill_random_bf16<<<256, 256, 0, stream>>>(q_scale, int64_t(batch) * q_len * kQHeads, 8, 0.01f, 0.02f);
     out = device_alloc<uint16_t>(q_elems);
+    total_queries = batch * q_len;
     FIREQ_CUDA_CHECK_LAUNCH();
+  }
+  void enable_fp8_output() {
+    out_fp8 = device_alloc<uint8_t>(int64_t(total_queries) * kQHeads * kHeadDim);
+    out_fp8_scale = device_alloc<float>(total_queries);
+    fp8_workspace = device_alloc<uint32_t>(2 * int64_t(total_queries));
   }
   ~PagedBench() {
     for (int32_t* t : block_tables) cudaFree(t);
     for (void* p : {static_cast<void*>(cache.k), static_cast<void*>(cache.v), static_cast<void*>(cache.k_scale),
                     static_cast<void*>(cache.v_scale), static_cast<void*>(seq_lens), static_cast<void*>(query_start),
-                    static_cast<void*>(q), static_cast<void*>(q_scale), static_cast<void*>(out), workspace})
+                    static_cast<void*>(q), static_cast<void*>(q_scale), static_cast<void*>(out), workspace,
+                    static_cast<void*>(out_fp8), static_cast<void*>(out_fp8_scale), static_cast<void*>(fp8_workspace)})
       cudaFree(p);
   }
   fa::PagedAttentionArgs args(int batch, int ctx, int q_len, int instance) const {
@@ -165,17 +177,26 @@ struct PagedBench {
     a.sequences = fa::PagedSequences{batch, block_tables[instance], max_pages, seq_lens};
     a.softmax_scale = 0.08838834764831845f;
     a.out = out;
+    if (out_fp8) {
+      a.out_fp8 = out_fp8;
+      a.out_fp8_scale = out_fp8_scale;
+      a.out_fp8_workspace = fp8_workspace;
+      a.total_queries = total_queries;
+    }
     return a;
   }
 };
 
 // `rotate`: cycle over >= 256 MB of caches so that every call reads HBM; otherwise one cache, re-read
 // from L2 where it fits (what the peers' decode timing does).
-std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaStream_t stream, bool rotate = true) {
+// `fp8_output`: also write the FP8 copy of the output (its cost is in the time).
+std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaStream_t stream, bool rotate = true,
+                       bool fp8_output = false) {
   const int64_t kv_bytes = int64_t(batch) * ctx * kKvHeads * (kHeadDim + 4);  // K, V nibbles + 2 BF16 scales
   const int instances =
       rotate ? static_cast<int>(std::clamp<int64_t>((kRotateBytes + kv_bytes - 1) / kv_bytes, 1, 256)) : 1;
   PagedBench bench(batch, ctx, 1, page_size, instances, stream);
+  if (fp8_output) bench.enable_fp8_output();
   const size_t ws = fa::paged_attention_workspace_bytes(bench.args(batch, ctx, 1, 0));
   bench.workspace = ws ? device_alloc<uint8_t>(ws) : nullptr;
   const int calls = std::max(instances, 20);
@@ -186,13 +207,15 @@ std::string decode_row(int batch, int ctx, int page_size, double hbm_gbps, cudaS
       },
       calls, stream);
   const double gbps = kv_bytes / us / 1e3;
-  std::printf("decode B=%2d ctx=%6d page=%3d%s: %8.1f us  %6.0f GB/s on KV bytes (%.0f%% of HBM read %.0f)\n", batch,
-              ctx, page_size, rotate ? "" : " (L2-warm)", us, gbps, 100 * gbps / hbm_gbps, hbm_gbps);
+  const std::string variant = std::string(rotate ? "ours:splitkv_int4" : "ours:splitkv_int4:l2_warm") +
+                              (fp8_output ? ":fp8_out" : "");
+  std::printf("decode B=%2d ctx=%6d page=%3d %-32s: %8.1f us  %6.0f GB/s on KV bytes (%.0f%% of HBM read %.0f)\n",
+              batch, ctx, page_size, variant.c_str(), us, gbps, 100 * gbps / hbm_gbps, hbm_gbps);
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "{\"case\": \"decode\", \"B\": %d, \"ctx\": %d, \"page_size\": %d, \"variant\": \"%s\", "
                 "\"us\": %.3f, \"kv_bytes\": %lld, \"gbps\": %.1f, \"hbm_fraction\": %.3f, \"rotated_instances\": %d}",
-                batch, ctx, page_size, rotate ? "ours:splitkv_int4" : "ours:splitkv_int4:l2_warm", us,
+                batch, ctx, page_size, variant.c_str(), us,
                 static_cast<long long>(kv_bytes), gbps, gbps / hbm_gbps, instances);
   return buf;
 }
@@ -218,9 +241,11 @@ void run_prefill(PrefillKernel k, const fa::PagedAttentionArgs& a, cudaStream_t 
   }
 }
 
-// Causal prefill of S new tokens per sequence (no prefix), page 64.
-std::string prefill_row(int batch, int seq, PrefillKernel kernel, cudaStream_t stream) {
+// Causal prefill of S new tokens per sequence (no prefix), page 64; `fp8_output` as in decode_row.
+std::string prefill_row(int batch, int seq, PrefillKernel kernel, cudaStream_t stream, bool fp8_output = false) {
   PagedBench bench(batch, seq, seq, 64, 1, stream);
+  if (fp8_output) bench.enable_fp8_output();
+  const std::string variant = std::string(prefill_variant(kernel)) + (fp8_output ? ":fp8_out" : "");
   const int calls = seq <= 2048 ? 10 : 1;  // short ones would otherwise time the graph launch
   const double us = graph_median_us(
       [&] {
@@ -228,12 +253,12 @@ std::string prefill_row(int batch, int seq, PrefillKernel kernel, cudaStream_t s
       },
       calls, stream);
   const double flops = 2.0 * 2.0 * batch * kQHeads * double(seq) * seq * kHeadDim / 2;  // causal
-  std::printf("prefill B=%2d S=%6d %-46s: %10.1f us  %6.1f TFLOP/s\n", batch, seq, prefill_variant(kernel), us,
+  std::printf("prefill B=%2d S=%6d %-54s: %10.1f us  %6.1f TFLOP/s\n", batch, seq, variant.c_str(), us,
               flops / us / 1e6);
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "{\"case\": \"prefill\", \"B\": %d, \"S\": %d, \"variant\": \"%s\", \"us\": %.3f, \"tflops\": %.2f}",
-                batch, seq, prefill_variant(kernel), us, flops / us / 1e6);
+                batch, seq, variant.c_str(), us, flops / us / 1e6);
   return buf;
 }
 
@@ -358,9 +383,14 @@ int main(int argc, char** argv) {
     rows.push_back(decode_row(16, 16384, 256, hbm, stream));
     for (const int tokens : {1, 16, 64}) rows.push_back(quantize_row(tokens, true, hbm, stream));
     for (const int tokens : {4096, 16384}) rows.push_back(quantize_row(tokens, false, hbm, stream));
+    rows.push_back(decode_row(1, 4096, 64, hbm, stream, true, true));
+    rows.push_back(decode_row(16, 16384, 64, hbm, stream, true, true));
+    for (const PrefillKernel kernel :
+         {PrefillKernel::fp8_wgmma_three_stage, PrefillKernel::fp8_wgmma_serial, PrefillKernel::fa2_mma_f16})
+      for (const int batch : {1, 16})
+        for (const int seq : {512, 1024, 2048, 4096, 8192, 16384}) rows.push_back(prefill_row(batch, seq, kernel, stream));
     for (const int batch : {1, 16})
-      for (const int seq : {512, 1024, 2048, 4096, 8192, 16384})
-        rows.push_back(prefill_row(batch, seq, PrefillKernel::fa2_mma_f16, stream));
+      rows.push_back(prefill_row(batch, 4096, PrefillKernel::fp8_wgmma_three_stage, stream, true));
     FIREQ_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::ofstream out(argv[1]);
     out << "{\"device\": \"" << prop.name << "\", \"hbm_read_gbps\": " << bw.read_gbps

@@ -8,6 +8,8 @@
 #   V3_TESTS=1:   GPU tests of the attention kernels, memcheck and racecheck on the small FP8 cases.
 #   V3_QUICK=1:   a few prefill and small-batch decode timings, this build and bench_attention_v2.
 #   V3_BENCH=1:   bench_attention (decode, quantize, prefill suite) into $OUT/ours.json.
+#   V3_DIAG=1:    prefill timings of diagnostic builds (bench_attention_noconv, _nopp, if present) beside
+#                 the shipped one, and ncu stall reasons / pipe use of the shipped prefill.
 #   V3_PEERS=1:   bench/peers/torch_fbgemm_peers.py (decode and prefill peers) into $OUT/fbgemm_peers.json.
 # Logs: $OUT/tests.log, sanitizer.log, bench.log, ncu_*.txt, peers.log.
 set -uo pipefail
@@ -75,13 +77,28 @@ fi
 
 if [[ "${V3_BENCH:-0}" == 1 ]]; then
   echo "== ours"
-  timeout 240 $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log" | grep -E "decode|prefill|HBM" | tail -60
+  timeout 240 $bin/bench_attention "$out/ours.json" 2>&1 | tee -a "$out/bench.log" | grep -E "decode|prefill|HBM|quantize" | tail -70
+fi
+
+if [[ "${V3_DIAG:-0}" == 1 ]]; then
+  echo "== diagnostic builds of the prefill (not the shipped code): without the INT4 -> e4m3 conversion, without ping-pong"
+  for shape in "1 4096" "16 4096" "1 16384"; do
+    for v in "" _noconv _nopp; do
+      [[ -x $bin/bench_attention$v ]] && timeout 60 $bin/bench_attention$v --prefill $shape three_stage 2>&1 |
+        grep prefill | sed "s/^/${v:-_shipped} /"
+    done
+  done | tee -a "$out/bench.log"
+  echo "== ncu: stall reasons and pipe use of the three-stage prefill, B=1 S=4k"
+  timeout 90 ncu --clock-control none --kernel-name regex:prefill_sm90_kernel --launch-count 1 \
+    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__pipe_.*(tensor|alu|fma|fmaheavy|shared|xu).*_cycles_active\.avg\.pct_of_peak_sustained_active,regex:sm__inst_executed_pipe_(xu|alu|fma|lsu|uniform)\.avg\.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum" \
+    $bin/bench_attention --prefill 1 4096 three_stage > "$out/ncu_stalls.txt" 2>&1
+  grep -vE "^==PROF==|^\[|^  *$" "$out/ncu_stalls.txt" | awk '$NF != "0" && $NF != "0.00"' | head -60
 fi
 
 if [[ "${V3_PEERS:-0}" == 1 ]]; then
   echo "== peers"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/fbgemm_gpu_genai-*.whl .whl/nvidia_cudnn_frontend-*.whl && export PYTHONPATH=/tmp/site
-  PYTHONUNBUFFERED=1 PARTS=${V3_PEER_PARTS:-decode,prefill} OUT="$out" timeout 240 python3 bench/peers/torch_fbgemm_peers.py 2>&1 |
+  PYTHONUNBUFFERED=1 PARTS=${V3_PEER_PARTS:-decode,prefill} OUT="$out" timeout 200 python3 bench/peers/torch_fbgemm_peers.py 2>&1 |
     tee "$out/peers.log" | grep -v "^ERROR" | tail -30
 fi
