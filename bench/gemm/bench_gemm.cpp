@@ -3,7 +3,7 @@
 // median of 11 graph replays. Also measures the two ceilings (device-to-device copy bandwidth,
 // cuBLASLt FP8 at 8192^3). Writes one JSON object per line (bench/gemm/merge_results.py merges it
 // with the FBGEMM peers into bench/results/). --sweep times every tile/split configuration of the
-// wgmma kernel up to M = 256 and prints the best, --sweep-decode every split count of the decode
+// wgmma kernel (split-K up to M = 256) and prints the best, --sweep-decode every split count of the decode
 // kernel (M <= 64), to regenerate the dispatch table. At M <= 64 the wgmma kernel is also timed
 // (variant ours_wgmma:bf16) beside the dispatched decode kernel.
 #include <cublasLt.h>
@@ -295,13 +295,13 @@ int main(int argc, char** argv) {
           }, reps);
           print_row(f, s.name, m, s.n, s.k, "ours:bf16+fp8out", us, io_bytes + 2.0 * m * s.n, fp8_us, bf16_us);
         }
-        if (sweep && m <= 256) {
+        if (sweep && m > kDecodeDispatchMaxM) {  // split-K only where the workspace (M <= 256) allows
           const int groups = s.k / 128;
           double best = 1e30;
           GemmConfig best_c{};
-          for (const int tile : {16, 64, 128})
-            for (int splits = 1; splits <= std::min(groups, 16); ++splits) {
-              if (tile < m / 4 || (tile == 128 && splits > 1) || (tile > 16 && tile / 4 >= m && m > 1)) continue;
+          for (const int tile : {16, 64, 128, 192})
+            for (int splits = 1; splits <= (m <= 256 ? std::min(groups, 16) : 1); ++splits) {
+              if (tile < m / 16 || (tile == 192 && splits > 1) || (tile > 16 && tile / 4 >= m && m > 1)) continue;
               GemmConfig c;
               c.token_tile = tile;
               c.groups_per_split = (groups + splits - 1) / splits;
@@ -311,6 +311,8 @@ int main(int argc, char** argv) {
               c.grid = std::min(c.work_items, prop.multiProcessorCount);
               GemmArgs args{x.get(), x_scales.get(), m, 1.0f, Epilogue::kBf16, nullptr, y.get()};
               const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);
+              std::fprintf(f, "{\"sweep_point\": \"%s\", \"M\": %d, \"token_tile\": %d, \"splits\": %d, \"us\": %.2f}\n",
+                           s.name, m, tile, splits, us);
               if (us < best) {
                 best = us;
                 best_c = c;

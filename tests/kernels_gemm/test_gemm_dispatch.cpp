@@ -17,10 +17,13 @@ const int kShapes[][3] = {{6144, 4096, 128}, {4096, 4096, 128}, {28672, 4096, 12
 void expect_valid_wgmma(const GemmConfig& c, int m, const int (&s)[3]) {
   const int groups = s[1] / s[2];
   EXPECT_EQ(c.kernel, GemmKernel::kWgmma);
-  EXPECT_TRUE(c.token_tile == 16 || c.token_tile == 64 || c.token_tile == 128);
+  EXPECT_TRUE(c.token_tile == 16 || c.token_tile == 64 || c.token_tile == 128 || c.token_tile == 192);
   EXPECT_GE(c.token_tile, std::min(m, 16)) << "M=" << m;
   EXPECT_EQ((groups + c.groups_per_split - 1) / c.groups_per_split, c.splits) << "splits must cover K exactly";
-  EXPECT_TRUE(c.token_tile < 128 || c.splits == 1);
+  EXPECT_TRUE(c.token_tile <= 128 || c.splits == 1) << "the 192-token tile has no split-K";
+  if (s[2] == 64) {
+    EXPECT_EQ(c.token_tile, 64) << "group 64 has only the 64-token kernel";
+  }
   EXPECT_EQ(c.work_items, (s[0] / 64 + 1) / 2 * ((m + c.token_tile - 1) / c.token_tile) * c.splits);
   EXPECT_EQ(c.grid, std::min(132, c.work_items));
 }
@@ -59,6 +62,13 @@ TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
     EXPECT_LE(decode_shared_bytes(c.token_tile), 227 * 1024 / decode_ctas_per_sm(c.token_tile)) << "fits the SM";
   }
   EXPECT_THROW(choose_decode_config(65, 4096, 4096, 128, 132, true), Error);
+  // Compute-bound sizes: every SM busy, no split-K once the token tiles fill the SMs.
+  for (const int m : {1024, 4096, 16384}) {
+    const GemmConfig c = choose_wgmma_config(m, 28672, 4096, 128, 132, true);
+    EXPECT_GE(c.token_tile, 128) << "M=" << m;
+    EXPECT_EQ(c.splits, 1) << "M=" << m;
+    EXPECT_EQ(c.grid, 132);
+  }
   EXPECT_THROW(choose_gemm_config(0, 4096, 4096, 128, 132, true), Error);
 }
 

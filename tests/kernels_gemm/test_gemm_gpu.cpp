@@ -222,13 +222,31 @@ TEST(GemmGpu, SmallestShapesAndEveryTileAndSplit) {
   run_case({"k64", 1, 64, 64, 64, Epilogue::kBf16});
   run_case({"k128", 1, 128, 128, 128, Epilogue::kBf16});
   run_case({"k576", 5, 192, 576, 64, Epilogue::kResidualAdd});
-  for (const int tile : {16, 64, 128})
+  // Group 128 (8 groups): uneven splits leave odd group counts (the kernel's two-group loop and its
+  // one-group tail); N = 320 is an odd tile pair (the idle warpgroup computes on padding).
+  for (const int tile : {16, 64, 128, 192})
     for (const int splits : {1, 3, 8}) {
-      if (tile == 128 && splits > 1) continue;
+      if (tile == 192 && splits > 1) continue;
       for (const Epilogue e : {Epilogue::kBf16, Epilogue::kSwiGlu, Epilogue::kResidualAdd})
-        run_case({"forced t" + std::to_string(tile) + " s" + std::to_string(splits), tile + 3, 320, 1024, 64, e, tile,
+        run_case({"forced t" + std::to_string(tile) + " s" + std::to_string(splits), tile + 3, 320, 1024, 128, e, tile,
                   splits});
     }
+  // Group 64 runs the 64-token kernel only.
+  for (const int splits : {1, 3})
+    for (const Epilogue e : {Epilogue::kBf16, Epilogue::kSwiGlu, Epilogue::kResidualAdd})
+      run_case({"forced g64 t64 s" + std::to_string(splits), 67, 320, 576, 64, e, 64, splits});
+  run_case({"odd groups t128", 130, 192, 1152, 128, Epilogue::kBf16, 128, 1});
+  run_case({"odd groups t192", 200, 192, 1152, 128, Epilogue::kBf16, 192, 1});
+}
+
+// The large token tiles on Llama-3-8B shapes with many token tiles and tile-pair bands (gate_up:
+// 224 pairs = 7 bands of 32), several work items per CTA, and split-K on the 128-token tile.
+TEST(GemmGpu, LargeTokenTilesOnLlamaShapes) {
+  SKIP_WITHOUT_GPU();
+  run_case({"l3 gate_up t192", 1000, 28672, 4096, 128, Epilogue::kSwiGlu, 192, 1});
+  run_case({"l3 gate_up t128", 777, 28672, 4096, 128, Epilogue::kBf16, 128, 1});
+  run_case({"l3 down t128 s3", 300, 4096, 14336, 128, Epilogue::kResidualAdd, 128, 3});
+  run_case({"l3 qkv t192", 2049, 6144, 4096, 128, Epilogue::kBf16, 192, 1});
 }
 
 // The decode kernel (mma.sync, weights streamed into registers): every m16n8 tile count, ragged M

@@ -66,44 +66,74 @@ GemmConfig choose_decode_config(int m, int n, int k, int group_size, int sm_coun
   return decode_config(m, n, k, group_size, sm_count, workspace_ok);
 }
 
+namespace {
+
+// Relative throughput of the wgmma kernel's token tiles at compute-bound sizes: the per-group
+// INT4 -> FP8 conversion, the producer's copies and the drains are shared by more tokens in larger
+// tiles. Fitted to the 2026-11-25 sweep (bench/NOTES-gemm.md v7: l3_gate_up M = 256 and 1024).
+double token_tile_efficiency(int token_tile) {
+  switch (token_tile) {
+    case 64: return 0.58;
+    case 128: return 0.78;
+    default: return 1.0;
+  }
+}
+
+}  // namespace
+
 GemmConfig choose_wgmma_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   if (m <= 0 || n <= 0 || k <= 0 || group_size <= 0 || sm_count <= 0)
     fail("choose_wgmma_config: bad shape M=", m, " N=", n, " K=", k, " group=", group_size);
   GemmConfig c;
   const int groups = k / group_size;
   const int tile_pairs = (n / kTileRows + 1) / 2;
-  // Token tile: 16 / 64 for decode sizes; above 64 the 128-token tile once its work items alone
-  // keep most SMs busy (bench sweep 2026-11-25: M = 128..256 on N >= 12288 and all M > 256).
-  if (m <= 16) {
-    c.token_tile = 16;
-  } else if (m <= 64 || (m <= 256 && 10 * tile_pairs * ((m + 127) / 128) < 7 * sm_count)) {
-    c.token_tile = 64;
-  } else {
-    c.token_tile = 128;
+  // Group 64 (SmolLM2) has only the 64-token kernel; decode sizes keep the 16 / 64 token tiles
+  // and the split-K score fitted to the 2026-11-25 sweep (memory-bound: fill the SMs evenly).
+  if (group_size == 64 || m <= 64) {
+    c.token_tile = m <= 16 && group_size != 64 ? 16 : 64;
+    const int base_items = tile_pairs * ((m + c.token_tile - 1) / c.token_tile);
+    // One CTA per SM streams its items' weights. Split K over groups when that fills the SMs in
+    // more even waves; each split costs a fix-up (measured ~6 % of a wave) and FP32 atomics of
+    // M x N partial sums (relative to the N x K / 2 weight bytes: 8 s M / K).
+    int best_splits = 1;
+    double best_score = -1.0;
+    const int max_splits = workspace_ok ? std::min(groups, 16) : 1;
+    for (int splits = 1; splits <= max_splits; ++splits) {
+      const int per_split = (groups + splits - 1) / splits;
+      if ((groups + per_split - 1) / per_split != splits) continue;
+      const int items = base_items * splits;
+      const int waves = (items + sm_count - 1) / sm_count;
+      const double fill = static_cast<double>(items) / (static_cast<double>(waves) * sm_count);
+      const double atomics = splits > 1 ? 8.0 * splits * m / k : 0.0;
+      const double score = fill / (1.0 + atomics) - 0.06 * (splits - 1);
+      if (score > best_score + 1e-9) {
+        best_score = score;
+        best_splits = splits;
+      }
+    }
+    c.splits = best_splits;
+    c.groups_per_split = (groups + best_splits - 1) / best_splits;
+    c.work_items = base_items * best_splits;
+    c.grid = std::min(c.work_items, sm_count);
+    return c;
   }
-  const int base_items = tile_pairs * ((m + c.token_tile - 1) / c.token_tile);
-  // One CTA per SM streams its items' weights. Split K over groups when that fills the SMs in
-  // more even waves; each split costs a fix-up (measured ~6 % of a wave) and FP32 atomics of
-  // M x N partial sums (relative to the N x K / 2 weight bytes: 8 s M / K).
-  int best_splits = 1;
-  double best_score = -1.0;
-  const int max_splits = workspace_ok && c.token_tile < 128 ? std::min(groups, 16) : 1;
-  for (int splits = 1; splits <= max_splits; ++splits) {
-    const int per_split = (groups + splits - 1) / splits;
-    if ((groups + per_split - 1) / per_split != splits) continue;
-    const int items = base_items * splits;
-    const int waves = (items + sm_count - 1) / sm_count;
-    const double fill = static_cast<double>(items) / (static_cast<double>(waves) * sm_count);
-    const double atomics = splits > 1 ? 8.0 * splits * m / k : 0.0;
-    const double score = fill / (1.0 + atomics) - 0.06 * (splits - 1);
-    if (score > best_score + 1e-9) {
-      best_score = score;
-      best_splits = splits;
+  // Compute-bound sizes: the token tile with the least estimated time. A persistent CTA runs
+  // ceil(items / SMs) items; an item of a T-token tile costs T / efficiency(T) per K group. No
+  // split-K: the 2026-11-25 sweep measured it 4-6x slower than unsplit from M = 256 (FP32 atomics
+  // of M x N partial sums per split), even where the unsplit items leave SMs idle.
+  double best_cost = 0.0;
+  for (const int tile : {64, 128, 192}) {
+    const int items = tile_pairs * ((m + tile - 1) / tile);
+    const int rounds = (items + sm_count - 1) / sm_count;
+    const double cost = static_cast<double>(rounds) * tile / token_tile_efficiency(tile);
+    if (c.token_tile == 0 || cost < best_cost * (1.0 - 1e-9)) {
+      best_cost = cost;
+      c.token_tile = tile;
+      c.work_items = items;
     }
   }
-  c.splits = best_splits;
-  c.groups_per_split = (groups + best_splits - 1) / best_splits;
-  c.work_items = base_items * best_splits;
+  c.splits = 1;
+  c.groups_per_split = groups;
   c.grid = std::min(c.work_items, sm_count);
   return c;
 }

@@ -22,17 +22,19 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
-// X [M][K] FP8 as a 2D tensor; one box = token_tile rows x 64 bytes, 64-byte swizzle (the wgmma
-// B descriptor's layout), rows past M read as zeros.
-CUtensorMap make_x_map(const uint8_t* x, int m, int k, int token_tile) {
+// X [M][K] FP8 as a 2D tensor; one box = token_tile rows x one K group (64 or 128 bytes) with the
+// swizzle of the same width (the wgmma B descriptor's layout), rows past M read as zeros. Wide rows
+// matter: the copy engine's cost grows with the rows of a box, not its bytes.
+CUtensorMap make_x_map(const uint8_t* x, int m, int k, int token_tile, int group_size) {
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(token_tile)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(group_size), static_cast<cuuint32_t>(token_tile)};
   const cuuint32_t element_strides[2] = {1, 1};
   const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(x), dims, strides,
                                           box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                          CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          group_size == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) fail("gemm_w4a8: cuTensorMapEncodeTiled failed (", static_cast<int>(r), ") for X [", m, "][", k, "]");
   return map;
@@ -48,14 +50,15 @@ int sm_count() {
   return count;
 }
 
-template <int TokenTile>
+template <int TokenTile, int Blocks>
 void launch(const CUtensorMap& map, const KernelParams& p, int grid, cudaStream_t stream) {
   constexpr int bytes = TileTraits<TokenTile>::kSharedBytes;
   static std::once_flag configured;
   std::call_once(configured, [] {
-    FIREQ_CUDA_CHECK(cudaFuncSetAttribute(w4a8_gemm_sm90_kernel<TokenTile>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    FIREQ_CUDA_CHECK(
+        cudaFuncSetAttribute(w4a8_gemm_sm90_kernel<TokenTile, Blocks>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   });
-  w4a8_gemm_sm90_kernel<TokenTile><<<grid, 384, bytes, stream>>>(map, p);
+  w4a8_gemm_sm90_kernel<TokenTile, Blocks><<<grid, 384, bytes, stream>>>(map, p);
   FIREQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -76,7 +79,6 @@ void gemm_w4a8(const GemmArgs& args, const PreparedWeights& w, const SplitKWorks
                             workspace.partial_floats >= splitk_workspace_floats(args.m, w.n) &&
                             workspace.counter_count >= splitk_counter_count(args.m, w.n);
   const GemmConfig c = forced ? *forced : choose_gemm_config(args.m, w.n, w.k, w.group_size, sm_count(), workspace_ok);
-  if (c.splits > 1 && c.token_tile == 128) fail("gemm_w4a8: the 128-token tile has no split-K");
   if (c.splits > 1 && !workspace_ok) fail("gemm_w4a8: split-K ", c.splits, " needs a workspace for M = ", args.m);
 
   KernelParams p{};
@@ -108,12 +110,21 @@ void gemm_w4a8(const GemmArgs& args, const PreparedWeights& w, const SplitKWorks
   }
   const int grid = c.grid > 0 ? std::min(c.grid, p.work_items) : std::min(p.work_items, sm_count());
 
-  const CUtensorMap map = make_x_map(args.x, args.m, w.k, c.token_tile);
+  const CUtensorMap map = make_x_map(args.x, args.m, w.k, c.token_tile, w.group_size);
+  // Group 128 (every Llama shape) has a kernel per token tile; group 64 (SmolLM2) one with the
+  // 64-token tile, which the dispatch picks for it (the block count per group is a template
+  // parameter: a run-time bound around the wgmmas serializes them).
+  if (p.blocks_per_group == 1) {
+    if (c.token_tile != 64) fail("gemm_w4a8: group 64 runs with the 64-token tile only, not ", c.token_tile);
+    launch<64, 1>(map, p, grid, stream);
+    return;
+  }
   switch (c.token_tile) {
-    case 16: launch<16>(map, p, grid, stream); break;
-    case 64: launch<64>(map, p, grid, stream); break;
-    case 128: launch<128>(map, p, grid, stream); break;
-    default: fail("gemm_w4a8: token tile ", c.token_tile, " is not 16, 64 or 128");
+    case 16: launch<16, 2>(map, p, grid, stream); break;
+    case 64: launch<64, 2>(map, p, grid, stream); break;
+    case 128: launch<128, 2>(map, p, grid, stream); break;
+    case 192: launch<192, 2>(map, p, grid, stream); break;
+    default: fail("gemm_w4a8: token tile ", c.token_tile, " is not 16, 64, 128 or 192");
   }
 }
 
