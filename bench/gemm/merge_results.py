@@ -4,7 +4,7 @@ CUTLASS example 55 (cutlass_ex55_int4fp8.sh's log) into bench/results/gemm-<devi
 (schema: ../shared/BENCH_RESULTS.md) and a markdown table beside it.
 
 usage: merge_results.py RUN_DIR --commit SHA --command "..." [--date YYYY-MM-DD] [--out-dir bench/results]
-                        [--name gemm-decode]  (file name prefix; default gemm)
+                        [--name gemm-decode]  (file name prefix; default gemm) [--suffix -v6]
 RUN_DIR holds bench_gemm.jsonl, fbgemm_peers.json (optional) and ex55.log (optional).
 """
 import argparse, datetime, json, os, re
@@ -16,6 +16,7 @@ ap.add_argument("--command", required=True)
 ap.add_argument("--date", default=datetime.date.today().isoformat())
 ap.add_argument("--out-dir", default="bench/results")
 ap.add_argument("--name", default="gemm")
+ap.add_argument("--suffix", default="", help="appended to the file name (a second run of the same day: -v6)")
 a = ap.parse_args()
 
 lines = [json.loads(l) for l in open(os.path.join(a.run_dir, "bench_gemm.jsonl")) if l.strip()]
@@ -67,7 +68,7 @@ for r in rows:
     out_rows.append(row)
 
 device_tag = "h100" if "H100" in header["device"] else re.sub(r"\W+", "-", header["device"].lower())
-base = os.path.join(a.out_dir, f"{a.name}-{device_tag}-{a.date}")
+base = os.path.join(a.out_dir, f"{a.name}-{device_tag}-{a.date}{a.suffix}")
 doc = {"area": "gemm", "device": header["device"], "date": a.date, "commit": a.commit, "command": a.command,
        "ceilings": {"hbm_read_gbps": read_gbps, "copy_gbps_read_plus_write": header["copy_gbps"],
                     "fp8_peak_tflops_cublaslt_8192": peak},

@@ -51,8 +51,10 @@ TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
   // Decode on a 4096-row weight: 32 tile pairs must be split to keep enough loads in flight.
   EXPECT_GT(choose_gemm_config(1, 4096, 4096, 128, 132, true).work_items, 100);
   EXPECT_GT(choose_wgmma_config(1, 4096, 4096, 128, 132, true).work_items, 100);
-  // Llama-3-8B gate_up at M = 1: 224 tile pairs already fill HBM, no split (no atomics).
+  // Llama-3-8B gate_up at M = 1: 224 tile pairs, more than one per SM: no split (no atomics).
   EXPECT_EQ(choose_gemm_config(1, 28672, 4096, 128, 132, true).splits, 1);
+  // Llama-3-8B down at M = 1: 32 tile pairs, split until two CTAs per SM stream (8 splits).
+  EXPECT_EQ(choose_gemm_config(1, 4096, 14336, 128, 132, true).splits, 8);
   // The decode kernel stages X per round: any K runs unsplit without a workspace.
   for (const int m : {1, 8, 9, 33, 64}) {
     const GemmConfig c = choose_decode_config(m, 4096, 14336, 128, 132, false);

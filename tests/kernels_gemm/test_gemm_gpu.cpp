@@ -264,6 +264,10 @@ TEST(GemmGpu, DecodeKernelEveryTokenTileAndSplit) {
       }
     }
   run_case({"decode k576 g64", 5, 192, 576, 64, Epilogue::kResidualAdd, 8, 9, GemmKernel::kDecodeMma});
+  // Several cycles of the weight-stage ring and of the X rounds, ending in a partial round.
+  run_case({"decode ring k2176 g128", 3, 320, 2176, 128, Epilogue::kSwiGlu, 8, 1, GemmKernel::kDecodeMma});
+  run_case({"decode ring k1600 g64", 7, 192, 1600, 64, Epilogue::kBf16, 8, 2, GemmKernel::kDecodeMma});
+  run_case({"decode ring k2176 t16", 11, 320, 2176, 128, Epilogue::kResidualAdd, 16, 1, GemmKernel::kDecodeMma});
   run_case({"decode k128", 2, 64, 128, 128, Epilogue::kBf16, 8, 1, GemmKernel::kDecodeMma});
 }
 

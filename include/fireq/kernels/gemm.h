@@ -70,14 +70,22 @@ constexpr int kDecodeMaxM = 64;
 // The dispatch sends only M <= kDecodeDispatchMaxM to the decode kernel (measured on H100, see
 // docs/kernels/GEMM.md "Dispatch table").
 constexpr int kDecodeDispatchMaxM = 16;
-// The decode kernel's X staging: rounds of kDecodeRoundBlocks 64-wide K blocks (also its weight
-// prefetch depth), each token's round in FP16 padded by 16 bytes (rows 16 bytes apart modulo 128:
-// the lanes of one 16-byte shared load hit distinct banks), two rounds in flight.
+// The decode kernel's weight ring: kDecodeStages stages of two 64-wide K blocks of a tile pair (one
+// record of group 128 or two of group 64), filled by bulk copies. Its X staging: rounds of
+// kDecodeRoundBlocks blocks, each token's round in FP16 padded by 16 bytes (rows 16 bytes apart
+// modulo 128: the lanes of one 16-byte shared load hit distinct banks), two rounds in flight.
+constexpr int kDecodeStages = 4;
+constexpr int kDecodeStageBytes = 2 * pair_record_bytes(1);  // the larger of the two stage sizes
 constexpr int kDecodeRoundBlocks = 8;
 constexpr int kDecodeXRowBytes = kDecodeRoundBlocks * kBlockK * 2 + 16;
-constexpr int decode_shared_bytes(int m) { return 2 * m * kDecodeXRowBytes; }
-// CTAs of the decode kernel resident per SM (its launch bounds; registers are the limit).
-constexpr int decode_ctas_per_sm(int token_tile) { return token_tile <= 16 ? 2 : 1; }
+constexpr int decode_shared_bytes(int m) {
+  return kDecodeStages * kDecodeStageBytes + 2 * m * kDecodeXRowBytes + 2 * kDecodeStages * 8;
+}
+// CTAs of the decode kernel resident per SM (its launch bounds; registers and shared memory allow
+// them): latency is hidden by warps, so as many as fit.
+constexpr int decode_ctas_per_sm(int token_tile) {
+  return token_tile <= 8 ? 4 : (token_tile <= 16 ? 3 : (token_tile <= 32 ? 2 : 1));
+}
 
 // One launch configuration: kernel, token tile (wgmma N; for the decode kernel 8 x its m16n8
 // tiles), split-K factor over groups, grid size.

@@ -19,11 +19,12 @@ size_t splitk_counter_count(int max_m, int n) {
 
 namespace {
 
-// The decode kernel: one CTA per (tile pair, K split) streams 32 KB of weights at a time (8 loads
-// of 16 bytes per lane); HBM needs ~1.5 such CTAs per SM in flight (3.35 TB/s x ~1.5 us of loaded
-// latency = 5 MB; 7.3 MB with 224 CTAs). Fewer resident CTAs leave HBM idle; beyond that more
-// splits only add FP32 atomics of M x N partial sums (written, then read back by the last split:
-// ~8 bytes per sum, against the N x K / 2 weight bytes). X is staged per round, so any K fits.
+// The decode kernel: one CTA per (tile pair, K split), up to decode_ctas_per_sm per SM. Fitted to
+// the split sweep of 2026-11-25 (bench/NOTES-gemm.md v8, every split count of every Llama shape at
+// M = 1..64): a weight with at least one tile pair per SM runs unsplit (splitting Llama-3 gate_up
+// costs 20-60 %: the FP32 atomics of M x N partial sums and the last split's fix-up); fewer pairs are
+// split until about two CTAs per SM (at least 1.9) stream (o, down, qkv: 3-8 splits; within 5 % of
+// the best split at M <= 4, 15 % at M = 16).
 GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   GemmConfig c;
   c.kernel = GemmKernel::kDecodeMma;
@@ -31,19 +32,15 @@ GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool
   while (c.token_tile < m) c.token_tile *= 2;
   const int groups = k / group_size;
   const int tile_pairs = (n / kTileRows + 1) / 2;
-  const double weight_bytes = 0.5 * n * k;
-  double best_cost = 0.0;
-  const int max_splits = workspace_ok ? std::min(groups, 32) : 1;
-  for (int splits = 1; splits <= max_splits; ++splits) {
-    const int per_split = (groups + splits - 1) / splits;
-    if ((groups + per_split - 1) / per_split != splits) continue;
-    const int resident = std::min(tile_pairs * splits, decode_ctas_per_sm(c.token_tile) * sm_count);
-    const double fill = std::min(1.0, resident / (1.5 * sm_count));
-    const double cost = weight_bytes / fill + (splits > 1 ? 8.0 * splits * m * n : 0.0);
-    if (splits == 1 || cost < best_cost * (1.0 - 1e-9)) {
-      best_cost = cost;
+  c.splits = 1;
+  c.groups_per_split = groups;
+  if (workspace_ok && tile_pairs < sm_count) {
+    for (int splits = 2; splits <= std::min(groups, 32); ++splits) {
+      const int per_split = (groups + splits - 1) / splits;
+      if ((groups + per_split - 1) / per_split != splits) continue;  // only splits that cover K evenly
       c.splits = splits;
       c.groups_per_split = per_split;
+      if (10 * tile_pairs * splits >= 19 * sm_count) break;
     }
   }
   c.work_items = tile_pairs * c.splits;

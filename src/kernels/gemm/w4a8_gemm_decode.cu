@@ -1,16 +1,18 @@
 // The decode kernel of the INT4 x FP8 GEMM (M <= kDecodeMaxM): memory-bound, so every design choice
-// serves keeping many 16-byte weight loads in flight on every SM with a short instruction path per
-// load (measured: the first version, on FP8 mma.sync, was issue-bound: bench/NOTES-gemm.md v6).
+// serves keeping the HBM weight stream full with a short instruction path per weight
+// (bench/NOTES-gemm.md v6, v7: what limited each version, measured).
 //
 // Swap-AB on mma.sync.m16n8k16 with f16 inputs: 16 weight rows are the A operand, up to 8 tokens
 // per n8 tile the B operand. Hopper has no FP8 mma.sync (ptxas turns the e4m3 form into FP8 -> FP16
 // conversions and this instruction), and INT4 codes and e4m3 values are exact in FP16, so the kernel
-// converts INT4 straight to FP16 (1.5 instructions per weight) and stages X as FP16 once per CTA.
-// A CTA of 8 warps owns one tile pair of the kernel layout (gemm.h: 2 x 64 rows, one 16-row slice
-// per warp) and one K split. A slice's codes for one 64-wide K block are 512 contiguous bytes of a
-// record, 16 per lane: word j holds the lane's A fragment of k16 step j. Each lane streams its
-// weights with one 16-byte load per block straight into registers, kDecodeRoundBlocks blocks ahead
-// (no shared memory, no barriers for the weights).
+// converts INT4 straight to FP16 (1.5 instructions per weight) and stages X as FP16.
+//
+// A CTA owns one tile pair of the kernel layout (gemm.h: 2 x 64 rows) and one K split, one warp per
+// 16-row slice. Thread 0 streams the pair's records (contiguous in the layout) with one bulk copy
+// (TMA) per stage of two 64-wide K blocks into a ring of kDecodeStages stages: register loads of
+// 16 bytes per lane stalled at ~2.2 TB/s however deep their ring (v6). A slice's codes for one block
+// are 512 contiguous bytes of a record, 16 per lane: word j holds the lane's A fragment of k16 step
+// j. Each warp copies its codes of a stage into registers and releases the stage at once.
 //
 // The k order inside a block is free as long as A and B agree: word j of lane t holds k = 16j + 4t +
 // {0..3}, which the mma reads as step j's columns 2t, 2t+1, 2t+8, 2t+9. X is staged per round of
@@ -27,6 +29,7 @@
 
 #include "fireq/cuda_check.h"
 #include "fireq/error.h"
+#include "ptx_sm90.cuh"
 #include "w4a8_common.cuh"
 
 namespace fireq::gemm {
@@ -34,15 +37,6 @@ namespace {
 
 constexpr int kDecodeWarps = 8;  // 2 tiles x 4 slices of 16 rows: one tile pair
 constexpr int kDecodeThreads = 32 * kDecodeWarps;
-
-// Read-once weight stream: skip L1, ask L2 for the whole 256-byte sector group.
-__device__ __forceinline__ uint4 load_streaming(const uint8_t* address) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(address));
-  return v;
-}
 
 // D += A * B on f16 inputs with FP32 accumulation. Hopper has no FP8 mma.sync: ptxas lowers the
 // e4m3 form to FP8 -> FP16 conversions plus this instruction, so the kernel feeds it FP16 directly.
@@ -137,17 +131,22 @@ __device__ __forceinline__ void decode_splitk_fixup(const KernelParams& p, float
   store_tile<TokenTile>(p, y, tile, 0, slice, lane);
 }
 
-// Two CTAs per SM up to 16 tokens, one for the 32- and 64-token tiles (2-4x the accumulators):
-// decode_ctas_per_sm, which the dispatch assumes. BlocksPerGroup (1 or 2: group 64 or 128) is a
-// template argument so that every weight address inside a round is a constant offset.
+// decode_ctas_per_sm(TokenTile) CTAs per SM (4, 3, 2, 1 for 8 to 64 tokens: registers and shared
+// memory allow them; the dispatch assumes it). BlocksPerGroup (1 or 2: group 64 or 128) is a
+// template argument so that every offset inside a stage is a constant.
 template <int TokenTile, int BlocksPerGroup>
 __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
     w4a8_gemm_decode_kernel(const KernelParams p) {
   constexpr int kNTiles = TokenTile / 8;
   constexpr int kRecordBytes = pair_record_bytes(BlocksPerGroup);
-  constexpr int kRoundBytes = kDecodeRoundBlocks / BlocksPerGroup * kRecordBytes;  // of records per round
-  extern __shared__ uint4 x_shared_raw[];
-  uint8_t* x_shared = reinterpret_cast<uint8_t*>(x_shared_raw);  // two rounds of p.m FP16 rows
+  constexpr int kStageRecords = 2 / BlocksPerGroup;  // a stage is two 64-wide K blocks
+  constexpr int kStageBytes = kStageRecords * kRecordBytes;
+  constexpr int kStagesPerRound = kDecodeRoundBlocks / 2;
+  extern __shared__ uint4 shared_raw[];
+  uint8_t* ring = reinterpret_cast<uint8_t*>(shared_raw);                // kDecodeStages weight stages
+  uint8_t* x_shared = ring + kDecodeStages * kDecodeStageBytes;          // two rounds of p.m FP16 rows
+  uint64_t* full = reinterpret_cast<uint64_t*>(x_shared + 2 * p.m * kDecodeXRowBytes);
+  uint64_t* empty = full + kDecodeStages;
   const int round_x_bytes = p.m * kDecodeXRowBytes;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -158,42 +157,43 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
   const int group_begin = blockIdx.y * p.groups_per_split;
   const int group_end = min(p.groups, group_begin + p.groups_per_split);
   const int blocks = (group_end - group_begin) * BlocksPerGroup;
+  const int stages = (blocks + 1) / 2;
   const int k_begin = group_begin * BlocksPerGroup * kBlockK;
+  // Stage i holds records [i * kStageRecords, ...) of the split; thread 0 issues its bulk copy.
   const uint8_t* records = p.weights + (static_cast<size_t>(pair) * p.groups + group_begin) * kRecordBytes;
-  // The lane's codes and scales in the current round's records; block s of a round sits at the
-  // constant offset block_offset(s).
-  const uint8_t* round_codes = records + decode_code_offset(warp, lane, 0, BlocksPerGroup);
-  const uint8_t* round_scales = records + decode_scale_offset(warp, lane, BlocksPerGroup);
-  auto block_offset = [](int s) { return (s / BlocksPerGroup) * kRecordBytes + (s % BlocksPerGroup) * kChunkBytes; };
-
-  uint4 codes[kDecodeRoundBlocks];
-  uint32_t scales[kDecodeRoundBlocks];  // at a group's last block: its scales for rows r0, r0 + 8
-  auto load_block = [&](const uint8_t* codes_base, const uint8_t* scales_base, int s) {
-    codes[s] = load_streaming(codes_base + block_offset(s));
-    if (s % BlocksPerGroup == BlocksPerGroup - 1) {
-      const uint8_t* scale = scales_base + (s / BlocksPerGroup) * kRecordBytes;
-      scales[s] = __ldg(scale) | (static_cast<uint32_t>(__ldg(scale + 8)) << 8);
-    }
+  auto issue_stage = [&](int i) {
+    const int slot = i % kDecodeStages;
+    const uint32_t bytes = min(kStageRecords, group_end - group_begin - i * kStageRecords) * kRecordBytes;
+    ptx::mbarrier_arrive_expect_tx(&full[slot], bytes);
+    ptx::bulk_copy_g2s(ring + slot * kDecodeStageBytes, records + static_cast<size_t>(i) * kStageBytes, bytes, &full[slot]);
   };
-  // The first weight loads go out before X is staged: both latencies overlap.
-  if (active)
-#pragma unroll
-    for (int s = 0; s < kDecodeRoundBlocks; ++s)
-      if (s < blocks) load_block(round_codes, round_scales, s);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kDecodeStages; ++s) {
+      ptx::mbarrier_init(&full[s], 1);
+      ptx::mbarrier_init(&empty[s], kDecodeWarps);
+    }
+    ptx::fence_barrier_init();
+    for (int i = 0; i < min(stages, kDecodeStages); ++i) issue_stage(i);
+  }
   uint4 x_next[kNTiles];
   load_x_round<TokenTile>(p, x_next, k_begin, min(blocks, kDecodeRoundBlocks));
   store_x_round<TokenTile>(p, x_next, x_shared, min(blocks, kDecodeRoundBlocks));
   __syncthreads();
 
-  float result[kNTiles][4] = {};
-  float sums[kNTiles][4];
   // The lane's B fragments of n8 tile j, block 0 of round 0 (decode_x_lane_offset); lanes of tokens
   // past M read the last token's row: finite values in D columns that are never stored.
   uint32_t x_lane[kNTiles];
 #pragma unroll
   for (int j = 0; j < kNTiles; ++j)
-    x_lane[j] = static_cast<uint32_t>(__cvta_generic_to_shared(x_shared)) +
-                min(8 * j + lane / 4, p.m - 1) * kDecodeXRowBytes + decode_x_lane_offset(lane, 0);
+    x_lane[j] = ptx::smem_address(x_shared) + min(8 * j + lane / 4, p.m - 1) * kDecodeXRowBytes +
+                decode_x_lane_offset(lane, 0);
+  // The lane's codes of block c of a stage, and its group scales (rows r0, r0 + 8) of record r.
+  auto code_offset = [&](int c) {
+    return (c / BlocksPerGroup) * kRecordBytes + decode_code_offset(warp, lane, c % BlocksPerGroup, BlocksPerGroup);
+  };
+  const int scale_offset = decode_scale_offset(warp, lane, BlocksPerGroup);
+  float result[kNTiles][4] = {};
+  float sums[kNTiles][4];
   const int rounds = (blocks + kDecodeRoundBlocks - 1) / kDecodeRoundBlocks;
   for (int round = 0; round < rounds; ++round) {
     const int b0 = round * kDecodeRoundBlocks;
@@ -206,28 +206,51 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
       x_round[j] = x_lane[j] + (round & 1) * round_x_bytes;
       asm volatile("" : "+r"(x_round[j]));
     }
-    const uint8_t* next_codes = round_codes + kRoundBytes;
-    const uint8_t* next_scales = round_scales + kRoundBytes;
-    if (active) {
 #pragma unroll
-      for (int s = 0; s < kDecodeRoundBlocks; ++s) {
-        if (b0 + s >= blocks) break;
-        if (s % BlocksPerGroup == 0)
+    for (int t = 0; t < kStagesPerRound; ++t) {
+      const int i = round * kStagesPerRound + t;
+      if (i >= stages) break;
+      const int slot = i % kDecodeStages;
+      const uint8_t* stage = ring + slot * kDecodeStageBytes;
+      ptx::mbarrier_wait(&full[slot], (i / kDecodeStages) & 1);
+      uint4 codes[2];
+      uint32_t scale_codes[2];  // of the group ending at block c (only those are read)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        codes[c] = *reinterpret_cast<const uint4*>(stage + code_offset(c));
+        if (c % BlocksPerGroup == BlocksPerGroup - 1) {
+          const uint8_t* scale = stage + (c / BlocksPerGroup) * kRecordBytes + scale_offset;
+          scale_codes[c] = scale[0] | (static_cast<uint32_t>(scale[8]) << 8);
+        }
+      }
+      __syncwarp();
+      if (lane == 0) ptx::mbarrier_arrive(&empty[slot]);
+      // Thread 0 refills the slot of the previous stage (released by most warps by now): a stage
+      // lag keeps it from waiting on the slowest warp at every stage.
+      if (threadIdx.x == 0 && i >= 1 && i - 1 + kDecodeStages < stages) {
+        ptx::mbarrier_wait(&empty[(i - 1) % kDecodeStages], ((i - 1) / kDecodeStages) & 1);
+        issue_stage(i - 1 + kDecodeStages);
+      }
+      __syncwarp();
+      if (!active) continue;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int b = 2 * i + c;  // block of the split; block 2t + c of the round
+        if (b >= blocks) break;
+        if (c % BlocksPerGroup == 0)
 #pragma unroll
           for (int j = 0; j < kNTiles; ++j)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) sums[j][i] = 0.0f;
+            for (int e = 0; e < 4; ++e) sums[j][e] = 0.0f;
         uint32_t a[4][4];  // k16 step j's A fragment from layout word j
-        int4x8_to_f16_fragment(codes[s].x, a[0]);
-        int4x8_to_f16_fragment(codes[s].y, a[1]);
-        int4x8_to_f16_fragment(codes[s].z, a[2]);
-        int4x8_to_f16_fragment(codes[s].w, a[3]);
-        const uint32_t scale_codes = scales[s];
-        if (b0 + s + kDecodeRoundBlocks < blocks) load_block(next_codes, next_scales, s);
+        int4x8_to_f16_fragment(codes[c].x, a[0]);
+        int4x8_to_f16_fragment(codes[c].y, a[1]);
+        int4x8_to_f16_fragment(codes[c].z, a[2]);
+        int4x8_to_f16_fragment(codes[c].w, a[3]);
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j) {
           if (8 * j >= p.m) break;
-          const uint32_t b_address = x_round[j] + decode_x_lane_offset(0, s);
+          const uint32_t b_address = x_round[j] + decode_x_lane_offset(0, 2 * t + c);
           const uint4 b01 = load_shared_16(b_address);
           const uint4 b23 = load_shared_16(b_address + 16);
           mma_f16_m16n8k16(sums[j], a[0], b01.x, b01.y);
@@ -235,8 +258,8 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
           mma_f16_m16n8k16(sums[j], a[2], b23.x, b23.y);
           mma_f16_m16n8k16(sums[j], a[3], b23.z, b23.w);
         }
-        if (s % BlocksPerGroup == BlocksPerGroup - 1) {
-          const float2 sigma = decode_scale_pair(scale_codes);
+        if (c % BlocksPerGroup == BlocksPerGroup - 1) {
+          const float2 sigma = decode_scale_pair(scale_codes[c]);
 #pragma unroll
           for (int j = 0; j < kNTiles; ++j) {
             result[j][0] = fmaf(sigma.x, sums[j][0], result[j][0]);
@@ -247,11 +270,8 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(TokenTile))
         }
       }
     }
-    round_codes = next_codes;
-    round_scales = next_scales;
     // The other buffer was last read in the previous round, before the barrier that ended it.
-    if (next_blocks > 0)
-      store_x_round<TokenTile>(p, x_next, x_shared + ((round + 1) & 1) * round_x_bytes, next_blocks);
+    if (next_blocks > 0) store_x_round<TokenTile>(p, x_next, x_shared + ((round + 1) & 1) * round_x_bytes, next_blocks);
     __syncthreads();
   }
 
@@ -271,6 +291,9 @@ void launch(const KernelParams& p, dim3 grid, cudaStream_t stream) {
   std::call_once(configured, [] {
     FIREQ_CUDA_CHECK(cudaFuncSetAttribute(w4a8_gemm_decode_kernel<TokenTile, BlocksPerGroup>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, decode_shared_bytes(TokenTile)));
+    // All of L1 as shared memory: decode_ctas_per_sm CTAs must fit (the weights bypass L1).
+    FIREQ_CUDA_CHECK(cudaFuncSetAttribute(w4a8_gemm_decode_kernel<TokenTile, BlocksPerGroup>,
+                                          cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   });
   w4a8_gemm_decode_kernel<TokenTile, BlocksPerGroup><<<grid, kDecodeThreads, decode_shared_bytes(p.m), stream>>>(p);
   FIREQ_CUDA_CHECK_LAUNCH();
