@@ -169,7 +169,8 @@ int make_reference(const std::map<std::string, std::string>& f) {
                               "-token vocabulary of the evaluation windows)";
 
   fs::create_directories(out);
-  save_quantized_checkpoint(model, out / "model", SaveOptions{.source = checkpoint});
+  // A source that is no directory: config.json is written from the truncated config, not copied.
+  save_quantized_checkpoint(model, out / "model", SaveOptions{.source = checkpoint / "model.safetensors"});
   EvaluationModel simulated(model);
   for (int w = 0; w < r.windows; ++w) {
     simulated.engine().reset();

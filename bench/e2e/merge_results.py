@@ -62,15 +62,18 @@ def fmt(x, digits=1):
 
 lines = [f"# End-to-end, {device}, {date} (commit {commit[:10]})", "",
          f"`{command}`", ""] + ([note, ""] if note else []) + [
-         "Ours = the CUDA engine's BF16 path (cuBLASLt BF16 linears, paged BF16 KV, FP32 CUDA-core attention), "
-         "random weights of the shapes on the GPU; peers = Hugging Face transformers BF16, Llama-3-8B "
-         "(bench/e2e/torch_e2e_peers.py).", "",
-         "| case | shape | batch | tokens | ours | HF eager (SDPA) | HF static + compile | ours vs best HF |",
-         "|---|---|---|---|---|---|---|---|"]
+         "Ours = the CUDA engine: `ours:fireq` its FireQ path (INT4 W4A8 GEMMs, FP8 activations and queries, "
+         "paged INT4 KV, CUDA graphs for decode), `ours:bf16` its BF16 path (cuBLASLt BF16 linears, paged BF16 KV, "
+         "FP32 CUDA-core attention); random weights of the shapes drawn on the GPU in each path's format. "
+         "Peers = Hugging Face transformers BF16, Llama-3-8B only (bench/e2e/torch_e2e_peers.py). Decode rows: "
+         "fraction of the roofline of the path's own bytes (weights + KV per step at 3.0 TB/s), and the step "
+         "without CUDA graphs.", "",
+         "| case | shape | variant | batch | tokens | ours | HF eager (SDPA) | HF static + compile | ours vs best HF |",
+         "|---|---|---|---|---|---|---|---|---|"]
 for row in rows:
     case = row["case"]
     if case == "peak_memory":
-        lines.append(f"| peak GPU memory | {row['shape']} | | | {row['gib']:.2f} GiB | | | |")
+        lines.append(f"| peak GPU memory | {row['shape']} | {row['variant']} | | | {row['gib']:.2f} GiB | | | |")
         continue
     p = row.get("peers_us", {})
     eager, compiled = p.get("hf_transformers_bf16_sdpa_eager"), p.get("hf_transformers_bf16_static_compiled")
@@ -84,16 +87,19 @@ for row in rows:
         peer_text = [fmt(x and row['batch'] * row['prompt'] / x * 1e6, 0) + " tok/s" if x else "—" for x in (eager, compiled)]
         tokens = f"{row['batch']}×{row['prompt']}"
     else:
-        ours_text = f"{row['tok_s']:,.1f} tok/s ({100 * row['roofline_fraction']:.0f}% of BF16 roofline)"
+        roofline = "INT4" if row["variant"] == "ours:fireq" else "BF16"
+        graphs = (f"; {row['batch'] / row['us_without_graphs'] * 1e6:,.1f} without graphs"
+                  if row.get("cuda_graphs") and "us_without_graphs" in row else "")
+        ours_text = f"{row['tok_s']:,.1f} tok/s ({100 * row['roofline_fraction']:.0f}% of {roofline} roofline{graphs})"
         peer_text = [fmt(x and row['batch'] / x * 1e6) + " tok/s" if x else "—" for x in (eager, compiled)]
         tokens = f"ctx {row['context']}"
-    lines.append(f"| {case} | {row['shape']} | {row['batch']} | {tokens} | {ours_text} | {peer_text[0]} | "
+    lines.append(f"| {case} | {row['shape']} | {row['variant']} | {row['batch']} | {tokens} | {ours_text} | {peer_text[0]} | "
                  f"{peer_text[1]} | {fmt(speedup, 2)}× |")
 for row in rows:
     if "profile" in row:
         total = sum(p["ms"] for p in row["profile"])
         what = f"prompt {row['prompt']}" if "prompt" in row else f"context {row['context']}"
-        lines += ["", f"Profile of one {row['case']} step, {row['shape']}, batch {row['batch']}, {what} "
+        lines += ["", f"Profile of one {row['case']} step, {row['variant']}, {row['shape']}, batch {row['batch']}, {what} "
                   f"({total:.3f} ms GPU time, CUDA events between ops):", "",
                   "| op | ms | share |", "|---|---|---|"]
         lines += [f"| {p['op']} | {p['ms']:.3f} | {100 * p['share']:.1f}% |" for p in row["profile"]]

@@ -14,12 +14,12 @@
 #     fireq_e2e_check reference --checkpoint SMOLLM2_FIREQ --layers 0-29 --windows 2 --out ref
 #   (tar -C DIR -cJf build-gpu/e2e-fireq.tar.xz bin ref; binaries xz to ~6 MB, the checkpoint to ~46 MB)
 #
-#   E2E_PARTS=tests,sanitizer,realmodel,bench,extra,peers (default: all)
+#   E2E_PARTS=tests,sanitizer,realmodel,bench,bf16,extra,peers (default: all)
 #   E2E_BENCH_ARGS: extra flags for the Llama-3-8B benches
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/e2e-out}
-parts=${E2E_PARTS:-tests,sanitizer,realmodel,bench,extra,peers}
+parts=${E2E_PARTS:-tests,sanitizer,realmodel,bench,bf16,extra,peers}
 mkdir -p "$out" /tmp/devlibs /tmp/e2e
 tar -C /tmp -xJf build-gpu/devlibs.tar.xz
 tar -C /tmp/e2e -xJf build-gpu/e2e-fireq.tar.xz
@@ -51,9 +51,12 @@ if has realmodel; then
   echo "realmodel exit $?"
 fi
 if has bench; then
-  echo "== fireq bench, Llama-3-8B: FireQ path, then BF16 path"
+  echo "== fireq bench, Llama-3-8B, FireQ path"
   $bin/fireq bench --path fireq --out /tmp/e2e/ours_fireq.json ${E2E_BENCH_ARGS:-} 2>&1 | tee -a "$out/bench.log" |
     grep -E "TTFT|tokens/s|plan|error|profile|^\[bench\]   "
+fi
+if has bf16; then
+  echo "== fireq bench, Llama-3-8B, BF16 path"
   $bin/fireq bench --path bf16 --out /tmp/e2e/ours_bf16.json ${E2E_BENCH_ARGS:-} 2>&1 | tee -a "$out/bench.log" |
     grep -E "TTFT|tokens/s|error"
 fi

@@ -249,7 +249,10 @@ int run_bench(int argc, char** argv) {
   const CudaDeviceInfo device = cuda_device_info();
   const CudaMemoryPlan& plan = engine->memory_plan();
   std::fprintf(stderr, "[bench] %s\n", plan.describe().c_str());
-  const double weight_bytes = static_cast<double>(plan.weight_bytes);
+  // Bytes a decode step must read: every weight but the embedding table, of which it gathers only
+  // its tokens' rows (when tied, the table is the lm_head and is read whole).
+  const double embedding_bytes = config.tie_word_embeddings ? 0.0 : 2.0 * config.vocab_size * config.hidden_size;
+  const double weight_bytes = static_cast<double>(plan.weight_bytes) - embedding_bytes;
   const double kv_bytes_per_token = static_cast<double>(plan.kv_bytes_per_page) / plan.page_size;
 
   Json rows = Json::array();

@@ -265,7 +265,7 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o, const C
             .kv_heads = c.num_key_value_heads, .head_dim = c.head_dim};
     pool.base = kv_arena->take<uint16_t>(plan.kv_pages * plan.kv_bytes_per_page / 2, "KV pool");
   }
-  for (int p = pool.num_pages - 1; p >= 0; --p) free_pages.push_back(p);
+  for (int p = static_cast<int>(plan.kv_pages) - 1; p >= 0; --p) free_pages.push_back(p);
   sequences.resize(o.max_sequences);
 }
 
