@@ -20,11 +20,11 @@ size_t splitk_counter_count(int max_m, int n) {
 namespace {
 
 // The decode kernel: one CTA per (tile pair, K split), up to decode_ctas_per_sm per SM. Fitted to
-// the split sweep of 2026-11-25 (bench/NOTES-gemm.md v8, every split count of every Llama shape at
-// M = 1..64): a weight with at least one tile pair per SM runs unsplit (splitting Llama-3 gate_up
-// costs 20-60 %: the FP32 atomics of M x N partial sums and the last split's fix-up); fewer pairs are
-// split until about two CTAs per SM (at least 1.9) stream (o, down, qkv: 3-8 splits; within 5 % of
-// the best split at M <= 4, 15 % at M = 16).
+// the split sweep of 2026-11-25 (bench/NOTES-gemm.md decode v8: every split count of every Llama
+// shape at M = 1..64): a weight with at least one tile pair per SM runs unsplit (splitting Llama-3
+// gate_up cost 20-60 % at every M, for a reason not yet measured); fewer pairs are split, by the
+// smallest even split count that gives at least 1.9 CTAs per SM (o, down, qkv: 3-8 splits; within
+// 5 % of the sweep's best at M <= 4, 15 % at M = 16).
 GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   GemmConfig c;
   c.kernel = GemmKernel::kDecodeMma;

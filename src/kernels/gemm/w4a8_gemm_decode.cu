@@ -1,6 +1,6 @@
 // The decode kernel of the INT4 x FP8 GEMM (M <= kDecodeMaxM): memory-bound, so every design choice
 // serves keeping the HBM weight stream full with a short instruction path per weight
-// (bench/NOTES-gemm.md v6, v7: what limited each version, measured).
+// (bench/NOTES-gemm.md v6 and decode v6b-v8: what limited each version, measured).
 //
 // Swap-AB on mma.sync.m16n8k16 with f16 inputs: 16 weight rows are the A operand, up to 8 tokens
 // per n8 tile the B operand. Hopper has no FP8 mma.sync (ptxas turns the e4m3 form into FP8 -> FP16
