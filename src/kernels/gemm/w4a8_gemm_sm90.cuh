@@ -265,16 +265,18 @@ __device__ __forceinline__ void consume(const KernelParams& p, uint8_t* smem, ui
     const uint8_t* x = smem + T::kXOffset + stage_of[P] * T::kXBytes + U * T::kUnitTokens * Blocks * kBlockK;
     const uint64_t x_desc =
         Blocks == 2 ? ptx::smem_descriptor_k_major_sw128(x) : ptx::smem_descriptor_k_major_sw64(x);
+    // One fence per unit: its fragments and accumulators were last written before it, and chained
+    // wgmmas of one shape on the same accumulators are ordered without one (PTX ISA, wgmma.fence).
+#pragma unroll
+    for (int i = 0; i < 8 * Blocks; ++i) ptx::fence_register(fragments[P][i]);
+#pragma unroll
+    for (int i = 0; i < kUnitAcc; ++i) ptx::fence_register(sums[S][i]);
+    ptx::wgmma_fence();
 #pragma unroll
     for (int b = 0; b < Blocks; ++b) {  // a run-time bound here makes ptxas serialize the wgmmas (C7520)
       const uint64_t desc = x_desc + b * (kBlockK >> 4);  // block b: 64 bytes into the 128-byte row
 #pragma unroll
       for (int step = 0; step < 2; ++step) {  // two k32 wgmmas per 64-wide block
-#pragma unroll
-        for (int i = 0; i < 4; ++i) ptx::fence_register(fragments[P][b * 8 + step * 4 + i]);
-#pragma unroll
-        for (int i = 0; i < kUnitAcc; ++i) ptx::fence_register(sums[S][i]);
-        ptx::wgmma_fence();
         wgmma_issue<T::kUnitTokens>(&fragments[P][b * 8 + step * 4], desc + 2 * step, sums[S], b > 0 || step > 0,
                                     std::make_index_sequence<kUnitAcc>{});
       }
@@ -385,10 +387,10 @@ __global__ void __launch_bounds__(384, 1)
   __syncthreads();
 
   if (warpgroup == 0) {
-    ptx::setmaxnreg_dec<40>();
+    ptx::setmaxnreg_dec<24>();
     if (thread_in_group == 0) produce<TokenTile, Blocks>(x_map, p, smem, full, empty);
   } else {
-    ptx::setmaxnreg_inc<232>();
+    ptx::setmaxnreg_inc<240>();  // 128 x 24 + 256 x 240 = the 384 x 168 registers of the launch
     consume<TokenTile, Blocks>(p, smem, full, empty, warpgroup - 1, thread_in_group);
   }
 }
