@@ -301,7 +301,7 @@ int main(int argc, char** argv) {
           GemmConfig best_c{};
           for (const int tile : {16, 64, 128, 192})
             for (int splits = 1; splits <= (m <= 256 ? std::min(groups, 16) : 1); ++splits) {
-              if ((tile == 16 && m > 64) || (tile == 192 && splits > 1) || (tile > 16 && tile / 4 >= m && m > 1)) continue;
+              if ((tile == 16 && m > 64) || (tile >= 128 && splits > 1) || (tile > 16 && tile / 4 >= m && m > 1)) continue;
               GemmConfig c;
               c.token_tile = tile;
               c.groups_per_split = (groups + splits - 1) / splits;

@@ -20,7 +20,7 @@ void expect_valid_wgmma(const GemmConfig& c, int m, const int (&s)[3]) {
   EXPECT_TRUE(c.token_tile == 16 || c.token_tile == 64 || c.token_tile == 128 || c.token_tile == 192);
   EXPECT_GE(c.token_tile, std::min(m, 16)) << "M=" << m;
   EXPECT_EQ((groups + c.groups_per_split - 1) / c.groups_per_split, c.splits) << "splits must cover K exactly";
-  EXPECT_TRUE(c.token_tile <= 128 || c.splits == 1) << "the 192-token tile has no split-K";
+  EXPECT_TRUE(c.token_tile <= 64 || c.splits == 1) << "the 128- and 192-token tiles have no split-K";
   if (s[2] == 64) {
     EXPECT_EQ(c.token_tile, 64) << "group 64 has only the 64-token kernel";
   }

@@ -79,6 +79,7 @@ void gemm_w4a8(const GemmArgs& args, const PreparedWeights& w, const SplitKWorks
                             workspace.partial_floats >= splitk_workspace_floats(args.m, w.n) &&
                             workspace.counter_count >= splitk_counter_count(args.m, w.n);
   const GemmConfig c = forced ? *forced : choose_gemm_config(args.m, w.n, w.k, w.group_size, sm_count(), workspace_ok);
+  if (c.splits > 1 && c.token_tile > 64) fail("gemm_w4a8: the ", c.token_tile, "-token tile has no split-K");
   if (c.splits > 1 && !workspace_ok) fail("gemm_w4a8: split-K ", c.splits, " needs a workspace for M = ", args.m);
 
   KernelParams p{};
