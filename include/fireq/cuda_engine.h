@@ -187,6 +187,12 @@ class CudaEngine final : public Engine, public BatchEngine {
   std::unique_ptr<Impl> impl_;
 };
 
+// The FireQ path's numerics on the CPU, op for op through the kernels' CPU references (BF16
+// residual stream, W4A8 GEMM epilogues, quantize_qkv, prefill attention with FP8 P tiles): the
+// logits [tokens][vocab] of `tokens` run as one prefill step of one sequence. The GPU matches it up
+// to the FP32 summation order of its kernels. Slow (scalar references): small models or few tokens.
+std::vector<float> fireq_path_reference_logits(const QuantizedModel& model, std::span<const int32_t> tokens);
+
 // ----- Serving: generation requests over a BatchEngine -----
 
 struct GenerationRequest {

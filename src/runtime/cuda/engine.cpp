@@ -242,17 +242,7 @@ CudaEngine::Impl::Impl(const LlamaConfig& c, const CudaEngineOptions& o, const C
   FIREQ_CUDA_CHECK(cudaMallocHost(&host_row_options, o.max_sequences * sizeof(RowSampling)));
   FIREQ_CUDA_CHECK(cudaMallocHost(&host_sampled, (o.max_sequences + 1) * sizeof(int32_t)));
 
-  // RoPE (cos, sin) per position and pair, computed as the CPU reference does (float angle,
-  // double cos/sin rounded once).
-  std::vector<float> inv_freq;
-  for (const double f : rope_inverse_frequencies(c)) inv_freq.push_back(static_cast<float>(f));
-  std::vector<float> table(static_cast<size_t>(max_context) * c.head_dim);
-  for (int p = 0; p < max_context; ++p)
-    for (size_t i = 0; i < inv_freq.size(); ++i) {
-      const double angle = inv_freq[i] * static_cast<float>(p);
-      table[(p * inv_freq.size() + i) * 2] = static_cast<float>(std::cos(angle));
-      table[(p * inv_freq.size() + i) * 2 + 1] = static_cast<float>(std::sin(angle));
-    }
+  const std::vector<float> table = rope_cos_sin(c, max_context);
   FIREQ_CUDA_CHECK(cudaMemcpy(rope_table, table.data(), table.size() * sizeof(float), cudaMemcpyHostToDevice));
 
   kv_arena = std::make_unique<DeviceArena>(kv_arena_bytes(c, plan, format));

@@ -171,14 +171,12 @@ FireqLayers::FireqLayers(const LlamaConfig& config, const CudaEngineOptions& opt
 
 FireqLayers::~FireqLayers() { cudaFree(attention_workspace_); }
 
-// Stacks the linears of `sites` (q|k|v or gate|up) row-wise under one tensor scale: the largest s_t,
-// with each member's group scales multiplied by its (exact, power-of-two) ratio to it.
-FireqLayers::CanonicalLinear FireqLayers::canonical(const QuantizedModel& model, int layer,
-                                                    std::initializer_list<LinearSite> sites) const {
+StackedLinear stacked_linear(const QuantizedModel& model, int layer, std::initializer_list<LinearSite> sites,
+                             int group_size) {
   const QuantizedLayer& q = model.layers[layer];
   int exponent = 0;
   for (const LinearSite site : sites) exponent = std::max(exponent, q.linear(site).int4.tensor_scale_exponent);
-  CanonicalLinear out;
+  StackedLinear out;
   out.s_inv = std::ldexp(1.0f, -exponent);
   for (const LinearSite site : sites) {
     const QuantizedLinear& linear = q.linear(site);
@@ -189,7 +187,7 @@ FireqLayers::CanonicalLinear FireqLayers::canonical(const QuantizedModel& model,
     if (w.padded_in_features != w.in_features)
       fail(name, ": K padded from ", w.in_features, " to ", w.padded_in_features,
            "; the FireQ path needs K to be a multiple of the group size (quantize with group 64)");
-    if (w.group_size != group_size_) fail(name, ": group size ", w.group_size, ", the engine was planned for ", group_size_);
+    if (w.group_size != group_size) fail(name, ": group size ", w.group_size, ", the engine was planned for ", group_size);
     if (!w.bias.empty()) fail(name, ": biases are not supported by the FireQ path");
     const int shift = exponent - w.tensor_scale_exponent;
     out.packed.insert(out.packed.end(), w.packed.begin(), w.packed.end());
@@ -199,8 +197,20 @@ FireqLayers::CanonicalLinear FireqLayers::canonical(const QuantizedModel& model,
   return out;
 }
 
-void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
-  const LlamaConfig& c = config_;
+std::vector<float> rope_cos_sin(const LlamaConfig& c, int positions) {
+  std::vector<float> inv_freq;
+  for (const double f : rope_inverse_frequencies(c)) inv_freq.push_back(static_cast<float>(f));
+  std::vector<float> table(static_cast<size_t>(positions) * c.head_dim);
+  for (int p = 0; p < positions; ++p)
+    for (size_t i = 0; i < inv_freq.size(); ++i) {
+      const double angle = inv_freq[i] * static_cast<float>(p);
+      table[(p * inv_freq.size() + i) * 2] = static_cast<float>(std::cos(angle));
+      table[(p * inv_freq.size() + i) * 2 + 1] = static_cast<float>(std::sin(angle));
+    }
+  return table;
+}
+
+void check_fireq_recipe(const QuantizedModel& model) {
   const QuantRecipe& r = model.recipe;
   if (!r.quantize_weights || r.activations != ActivationDType::kFp8E4M3PerToken || !r.fp8_queries || !r.quantize_kv())
     fail("CUDA engine: the FireQ path runs W4A8 with FP8 queries and an INT4 KV cache; recipe '", r.name,
@@ -209,6 +219,11 @@ void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
          ", KV ", r.kv_bits, " bits");
   if (r.kv_scale_dtype != ScaleDType::kBf16)
     fail("CUDA engine: recipe '", r.name, "' has FP8 K/V scales; the attention kernels use BF16 scales (kv_scale_dtype: bf16)");
+}
+
+void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
+  const LlamaConfig& c = config_;
+  check_fireq_recipe(model);
   if (static_cast<int>(model.layers.size()) != c.num_hidden_layers)
     fail("CUDA engine: the checkpoint has ", model.layers.size(), " layers, its config says ", c.num_hidden_layers);
 
@@ -217,7 +232,7 @@ void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
   uint8_t *packed = nullptr, *scales = nullptr;
   FIREQ_CUDA_CHECK(cudaMalloc(&packed, largest));
   FIREQ_CUDA_CHECK(cudaMalloc(&scales, largest / (group_size_ / 2)));
-  auto put = [&](const CanonicalLinear& w, Linear& dst) {
+  auto put = [&](const StackedLinear& w, Linear& dst) {
     if (w.n != dst.weights.n) fail("CUDA engine: a stacked linear has ", w.n, " rows, expected ", dst.weights.n);
     FIREQ_CUDA_CHECK(cudaMemcpyAsync(packed, w.packed.data(), w.packed.size(), cudaMemcpyHostToDevice, stream));
     FIREQ_CUDA_CHECK(cudaMemcpyAsync(scales, w.scales.data(), w.scales.size(), cudaMemcpyHostToDevice, stream));
@@ -243,10 +258,10 @@ void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
     if (static_cast<int>(scale.size()) != c.kv_dim())
       fail(prefix, "self_attn.post_rope_scale has ", scale.size(), " values, expected ", c.kv_dim());
     FIREQ_CUDA_CHECK(cudaMemcpy(dst.post_rope_scale, scale.data(), scale.size() * 4, cudaMemcpyHostToDevice));
-    put(canonical(model, l, {LinearSite::kQ, LinearSite::kK, LinearSite::kV}), dst.qkv);
-    put(canonical(model, l, {LinearSite::kO}), dst.o);
-    put(canonical(model, l, {LinearSite::kGate, LinearSite::kUp}), dst.gate_up);
-    put(canonical(model, l, {LinearSite::kDown}), dst.down);
+    put(stacked_linear(model, l, {LinearSite::kQ, LinearSite::kK, LinearSite::kV}, group_size_), dst.qkv);
+    put(stacked_linear(model, l, {LinearSite::kO}, group_size_), dst.o);
+    put(stacked_linear(model, l, {LinearSite::kGate, LinearSite::kUp}, group_size_), dst.gate_up);
+    put(stacked_linear(model, l, {LinearSite::kDown}, group_size_), dst.down);
   }
   cudaFree(packed);
   cudaFree(scales);

@@ -24,6 +24,28 @@ int64_t fireq_layer_weight_bytes(const LlamaConfig& config, int group_size);  //
 int64_t fireq_kv_bytes_per_page(const LlamaConfig& config, int page_size);    // all layers, K and V
 int64_t fireq_activation_bytes(const LlamaConfig& config, const CudaEngineOptions& options, int max_context);
 
+// RoPE (cos, sin) per position and pair, [positions][head_dim / 2][2], computed as the CPU
+// reference engine does (float angle, double cos/sin rounded once); both paths use it.
+std::vector<float> rope_cos_sin(const LlamaConfig& config, int positions);
+
+// Fails, naming the recipe field, unless the checkpoint's recipe is what the FireQ path runs: W4A8
+// with FP8 queries and an INT4 KV cache with BF16 scales.
+void check_fireq_recipe(const QuantizedModel& model);
+
+// A stacked INT4 linear in the canonical layout (host): the rows of `sites` (q|k|v, gate|up or one
+// linear) one after another under one tensor scale, the largest s_t of the members, each member's
+// FP8 group scales multiplied by its power-of-two ratio to it (exact, or fails naming the tensor).
+// Also fails, naming the tensor, for what the GEMM does not run (BF16 weights or scales, padded K,
+// another group size, biases).
+struct StackedLinear {
+  std::vector<uint8_t> packed;  // [n][k / 2]
+  std::vector<uint8_t> scales;  // [n][k / group_size] e4m3 codes
+  int n = 0;
+  float s_inv = 1.0f;
+};
+StackedLinear stacked_linear(const QuantizedModel& model, int layer, std::initializer_list<LinearSite> sites,
+                             int group_size);
+
 // Device metadata of one step in the form the FireQ kernels read. Sequence i of the step is chunk
 // i; the first `decode_sequences` chunks have one token each (split-KV attention), the rest run the
 // prefill attention kernel.
@@ -74,13 +96,6 @@ class FireqLayers {
     float* post_rope_scale = nullptr;  // [kv_heads][head_dim], or null
     Linear qkv, o, gate_up, down;
   };
-  // A canonical INT4 linear on the host: rows [n][k/2], scales [n][k/group] e4m3, 1/s_t.
-  struct CanonicalLinear {
-    std::vector<uint8_t> packed, scales;
-    int n = 0;
-    float s_inv = 1.0f;
-  };
-  CanonicalLinear canonical(const QuantizedModel& model, int layer, std::initializer_list<LinearSite> sites) const;
   void attention(const FireqStep& step, int layer, cudaStream_t stream) const;
 
   LlamaConfig config_;
