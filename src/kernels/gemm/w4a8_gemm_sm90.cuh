@@ -5,9 +5,10 @@
 // One CTA = one producer warpgroup (a single thread issues the copies) + two consumer warpgroups,
 // each owning a 64-row weight tile of the CTA's 128-row pair; both share the token tile of X.
 // Persistent: CTAs walk work items (weight-tile pair, token tile, K split) with a stride of the
-// grid. Per group of K (64 or 128), the consumer issues wgmmas into a scratch accumulator and
-// promotes it into the FP32 result with the group's scale: exact INT4 -> FP8 dequant, no second
-// rounding (docs/kernels/GEMM.md). Split-K partial sums meet in an FP32 workspace; the last split
+// grid. Per group of K (64 or 128) and token unit, the consumer issues wgmmas into one of two
+// alternating accumulator sets and promotes the previous unit's set into the FP32 result with the
+// group's scale while the next runs: exact INT4 -> FP8 dequant, no second rounding
+// (docs/kernels/GEMM.md). Split-K partial sums meet in an FP32 workspace; the last split
 // to arrive applies the epilogue and clears the workspace for the next launch.
 #pragma once
 
@@ -28,7 +29,7 @@ namespace fireq::gemm {
 template <int TokenTile>
 struct TileTraits {
   static_assert(TokenTile == 16 || TokenTile == 64 || TokenTile == 128 || TokenTile == 192,
-                "token tiles are one wgmma N (16, 64) or 64-token units (128, 192)");
+                "token tiles are one wgmma N (16, 64, 128) or three 64-token units (192)");
   // A unit is one wgmma N: tiles up to 128 tokens are one unit, the 192-token tile three units of
   // 64. Each (K group, unit) is one wgmma commit group with its own accumulator set, so a finished
   // unit can be promoted while the next one runs (two sets alternate; see consume()). Wide units
