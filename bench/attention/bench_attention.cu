@@ -344,11 +344,15 @@ PrefillKernel prefill_kernel_named(const std::string& name) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc >= 3 ? argv[1] : "";
-  const bool one_case = (mode == "--decode" && argc == 4) || (mode == "--prefill" && (argc == 4 || argc == 5));
+  // One case (for a profiler or a quick comparison); a trailing "fp8_out" adds the FP8 output option.
+  const bool fp8_out = argc >= 5 && std::string(argv[argc - 1]) == "fp8_out";
+  const int case_args = argc - (fp8_out ? 1 : 0);
+  const bool one_case =
+      (mode == "--decode" && case_args == 4) || (mode == "--prefill" && (case_args == 4 || case_args == 5));
   if (argc != 2 && !one_case && !(mode == "--prefill-suite" && argc == 3)) {
     std::fprintf(stderr,
-                 "usage: %s <out.json> | --prefill-suite <out.json> | --decode <batch> <context> | "
-                 "--prefill <batch> <seq> [fa2|serial|three_stage]  (one case, for a profiler)\n",
+                 "usage: %s <out.json> | --prefill-suite <out.json> | --decode <batch> <context> [fp8_out] | "
+                 "--prefill <batch> <seq> [fa2|serial|three_stage] [fp8_out]  (one case)\n",
                  argv[0]);
     return 2;
   }
@@ -361,9 +365,10 @@ int main(int argc, char** argv) {
     }
     if (one_case) {
       if (mode == "--decode") {
-        decode_row(std::stoi(argv[2]), std::stoi(argv[3]), 64, 1.0, stream);
+        decode_row(std::stoi(argv[2]), std::stoi(argv[3]), 64, 1.0, stream, true, fp8_out);
       } else {
-        prefill_row(std::stoi(argv[2]), std::stoi(argv[3]), prefill_kernel_named(argc == 5 ? argv[4] : "fa2"), stream);
+        prefill_row(std::stoi(argv[2]), std::stoi(argv[3]),
+                    prefill_kernel_named(case_args == 5 ? argv[4] : "fa2"), stream, fp8_out);
       }
       return 0;
     }

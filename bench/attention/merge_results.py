@@ -4,6 +4,7 @@ table beside it. Every row of ours gets the peers of its shape (`peers_us`) and 
 (`speedup_vs_peers`: peer µs / our µs, > 1 where we are faster).
 
 usage: merge_results.py OURS.json PEERS.json OUT_DIR --commit SHA --command CMD [--date YYYY-MM-DD] [--suffix v3]
+                        [--note TEXT ...]
 """
 import argparse
 import datetime
@@ -63,9 +64,9 @@ def fmt(x, spec=".1f"):
     return "—" if x is None else format(x, spec)
 
 
-def markdown(device, date, commit, ours, rows, peers):
+def markdown(device, date, commit, ours, rows, peers, notes):
     hbm = ours["hbm_read_gbps"]
-    lines = [f"# Attention on {device}, {date} (commit {commit[:10]})", "",
+    lines = [f"# Attention on {device}, {date} (commit {commit[:10]})", ""] + [f"Note: {n}" for n in notes] + ["",
              f"HBM in the same run: read stream {hbm:.0f} GB/s (the % column), device-to-device copy "
              f"{ours['hbm_copy_gbps']:.0f} GB/s (read + write). Ours rotates over >= 256 MB of caches (no L2 reuse) "
              "unless marked L2-warm; the peers' decode reuses one cache (small cases partly L2-resident). "
@@ -133,6 +134,7 @@ def main():
     ap.add_argument("--command", required=True)
     ap.add_argument("--date", default=datetime.date.today().isoformat())
     ap.add_argument("--suffix", default="")
+    ap.add_argument("--note", action="append", default=[], help="a line for the markdown and the JSON")
     a = ap.parse_args()
     ours = json.load(open(a.ours))
     peers = json.load(open(a.peers)) if os.path.exists(a.peers) else {"errors": ["peers file missing"]}
@@ -143,9 +145,9 @@ def main():
     base = os.path.join(a.out_dir, f"attention-{short}-{a.date}" + (f"-{a.suffix}" if a.suffix else ""))
     result = {"area": "attention", "device": device, "date": a.date, "commit": a.commit, "command": a.command,
               "hbm_read_gbps": ours["hbm_read_gbps"], "hbm_copy_gbps": ours["hbm_copy_gbps"],
-              "peers_torch": peers.get("torch"), "rows": rows}
+              "peers_torch": peers.get("torch"), "notes": a.note, "rows": rows}
     write_atomically(base + ".json", json.dumps(result, indent=1) + "\n")
-    write_atomically(base + ".md", markdown(device, a.date, a.commit, ours, rows, peers))
+    write_atomically(base + ".md", markdown(device, a.date, a.commit, ours, rows, peers, a.note))
     print(base + ".json", base + ".md")
 
 

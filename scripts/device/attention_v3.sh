@@ -7,6 +7,7 @@
 #                 bench_attention_noconv, if present: a diagnostic build without the INT4 -> FP8 conversion).
 #   V3_TESTS=1:   GPU tests of the attention kernels, memcheck and racecheck on the small FP8 cases.
 #   V3_QUICK=1:   a few prefill and small-batch decode timings, this build and bench_attention_v2.
+#   V3_FP8_OUT=1: prefill and decode with and without the FP8 output option, and the mma.sync prefill.
 #   V3_BENCH=1:   bench_attention (decode, quantize, prefill suite) into $OUT/ours.json.
 #   V3_DIAG=1:    prefill timings of diagnostic builds (bench_attention_noconv, _nopp, if present) beside
 #                 the shipped one, and ncu stall reasons / pipe use of the shipped prefill.
@@ -73,6 +74,15 @@ if [[ "${V3_QUICK:-0}" == 1 ]]; then
       timeout 60 $exe --decode $shape 2>&1 | grep -E "decode" | sed "s/^/$b /"
     done
   done | tee -a "$out/bench.log"
+fi
+
+if [[ "${V3_FP8_OUT:-0}" == 1 ]]; then
+  echo "== the FP8 output option against the BF16-only launch (and the mma.sync prefill, whose registers it had raised)"
+  for c in "--prefill 1 4096 three_stage" "--prefill 16 4096 three_stage" "--decode 1 4096" "--decode 16 16384"; do
+    for o in "" fp8_out; do timeout 60 $bin/bench_attention $c $o 2>&1 | grep -E "^(prefill|decode)"; done
+  done | tee -a "$out/bench.log"
+  for c in "--prefill 1 4096 fa2" "--prefill 16 16384 fa2"; do timeout 60 $bin/bench_attention $c 2>&1 | grep prefill; done |
+    tee -a "$out/bench.log"
 fi
 
 if [[ "${V3_BENCH:-0}" == 1 ]]; then

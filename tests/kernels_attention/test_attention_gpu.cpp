@@ -319,8 +319,9 @@ TEST(AttentionGpu, Fp8WgmmaPrefillSmallCases) {
   }
 }
 
-// The FP8 output option of every launcher: the split-KV kernel with one split (it writes the
-// output itself) and with several (the combine kernel does), both prefill kernels; GQA 32/8 and 9/3.
+// The FP8 output option of the launchers that have it: the split-KV kernel with one split (it writes
+// the output itself) and with several (the combine kernel does), the FP8 wgmma prefill with both
+// schedules; GQA 32/8 and 9/3.
 TEST(AttentionGpu, Fp8OutputIsTheBf16OutputQuantizedPerToken) {
   SKIP_WITHOUT_GPU();
   const AttentionCase decode_one_split{"decode_one_split", 32, 8, 128, 16, {40, 64, 17}, {1, 2, 1}};
@@ -328,7 +329,6 @@ TEST(AttentionGpu, Fp8OutputIsTheBf16OutputQuantizedPerToken) {
   const AttentionCase prefill{"prefill_over_prefix", 32, 8, 128, 32, {700, 131}, {300, 131}};
   run_attention_case(decode_one_split, Kernel::splitkv, true);
   run_attention_case(decode_splits, Kernel::splitkv, true);
-  run_attention_case(prefill, Kernel::prefill, true);
   run_attention_case(prefill, Kernel::prefill_fp8_three_stage, true);
   run_attention_case(prefill, Kernel::prefill_fp8_serial, true);
 }
@@ -351,6 +351,12 @@ TEST(AttentionGpu, LaunchersRejectBadShapes) {
   a.out_fp8 = out_fp8.get();  // without its scales and workspace
   EXPECT_THROW(paged_attention_splitkv(a, nullptr, nullptr), Error);
   EXPECT_THROW(paged_attention_prefill_fp8(a, nullptr), Error);
+  DeviceBuffer<float> out_fp8_scale(host.total_queries);
+  DeviceBuffer<uint32_t> fp8_workspace(2 * host.total_queries);
+  a.out_fp8_scale = out_fp8_scale.get();
+  a.out_fp8_workspace = fp8_workspace.get();
+  a.total_queries = host.total_queries;
+  EXPECT_THROW(paged_attention_prefill(a, nullptr), Error);  // the mma.sync prefill has no FP8 output
   QkvQuantizeArgs qa = host.quantize_args();
   qa.cache = dev.cache(host.layout);
   qa.q_heads = 7;

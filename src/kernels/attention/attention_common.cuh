@@ -16,13 +16,14 @@ namespace fireq::attention::detail {
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The FP8 copy of the output: each (token, head) row of BF16 output, once written, raises the token's
-// absmax and takes a ticket; whoever takes a token's last ticket quantizes the whole token (all
-// heads) from the BF16 output. Null `codes`: BF16 output only.
+// absmax; the last writer of a group of tokens (a prefill query tile: its last head's CTA; a decode
+// token: its last row) takes the group's last ticket and quantizes it, all heads, from the BF16
+// output. Null `codes`: BF16 output only.
 struct Fp8Output {
   uint8_t* codes;      // [tokens][q_heads][head_dim] e4m3
   float* scale;        // [tokens]
   uint32_t* absmax;    // [tokens] float bits (values >= 0 order like their bits), zeroed by the launcher
-  uint32_t* tickets;   // [tokens] rows registered so far, zeroed by the launcher
+  uint32_t* tickets;   // [tokens] writers done so far (per group, at its first token), zeroed by the launcher
 };
 
 // Launch parameters common to the kernels (device pointers, from PagedAttentionArgs).
@@ -137,72 +138,113 @@ __device__ __forceinline__ uint32_t pack_f16x2(float low, float high) {
 // ---------------------------------------------------------------------------------------------
 // FP8 output epilogue.
 
-// One warp quantizes token `token` (all heads) from the BF16 output: numerics.h's per-token rule.
-__device__ __forceinline__ void quantize_token_fp8(const KernelParams& p, int64_t token, int lane) {
-  __threadfence();  // acquire: the other rows' stores, ordered before their tickets
-  const int row = p.q_heads * p.layout.head_dim;  // a multiple of 8: 16-byte pieces
-  const float scale = fp8_token_scale(__uint_as_float(__ldcg(p.fp8.absmax + token)));
-  const uint16_t* src = p.out + token * row;
-  uint8_t* dst = p.fp8.codes + token * row;
-  for (int i = 8 * lane; i < row; i += 8 * 32) {
-    const uint4 x = __ldcg(reinterpret_cast<const uint4*>(src + i));
-    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
-    uint32_t code[2];
+// x / scale rounded to nearest, as IEEE division would give it, for normal quotients: the quotient
+// from the correctly rounded reciprocal, then one Markstein correction (the residual by fma is exact).
+// Quotients below the normal range come out within an ulp, far below e4m3's smallest subnormal.
+__device__ __forceinline__ float divide_rn(float x, float scale, float inverse) {
+  const float q0 = x * inverse;
+  return fmaf(fmaf(-q0, scale, x), inverse, q0);
+}
+
+// Quantizes 16-byte pieces [begin, end) (stride `step`) of the BF16 output rows (`row` values each) of
+// tokens [first_token, ...) into the FP8 output: piece i is token first_token + i / (row / 8). Loads
+// come in groups of kBatch per thread so that they are in flight together.
+template <int kBatch>
+__device__ __forceinline__ void quantize_pieces_fp8(const uint16_t* out, Fp8Output fp8, int row, int64_t first_token,
+                                                 int begin, int end, int step) {
+  const int pieces_per_token = row / 8;  // row is a multiple of 8: whole 16-byte pieces
+  const uint4* src = reinterpret_cast<const uint4*>(out + first_token * row);
+  uint2* dst = reinterpret_cast<uint2*>(fp8.codes + first_token * row);
+  for (int base = begin; base < end; base += kBatch * step) {
+    uint4 x[kBatch];
+    uint32_t absmax[kBatch];
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const uint32_t lo = e4m3x2(bf16_bits_to_float(w[2 * j] & 0xFFFFu) / scale, bf16_bits_to_float(w[2 * j] >> 16) / scale);
-      const uint32_t hi =
-          e4m3x2(bf16_bits_to_float(w[2 * j + 1] & 0xFFFFu) / scale, bf16_bits_to_float(w[2 * j + 1] >> 16) / scale);
-      code[j] = lo | (hi << 16);
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = min(base + u * step, end - 1);  // past the end: a valid piece, not stored
+      x[u] = __ldcg(src + i);
+      absmax[u] = __ldcg(fp8.absmax + first_token + i / pieces_per_token);
     }
-    *reinterpret_cast<uint2*>(dst + i) = make_uint2(code[0], code[1]);
+    #pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = base + u * step;
+      if (i >= end) continue;
+      const int64_t token = first_token + i / pieces_per_token;
+      const float scale = fp8_token_scale(__uint_as_float(absmax[u]));
+      const float inverse = __frcp_rn(scale);
+      const uint32_t w[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+      uint32_t code[2];
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        auto q = [&](uint32_t bits) { return divide_rn(bf16_bits_to_float(bits), scale, inverse); };
+        code[j] = e4m3x2(q(w[2 * j] & 0xFFFFu), q(w[2 * j] >> 16)) |
+                  (e4m3x2(q(w[2 * j + 1] & 0xFFFFu), q(w[2 * j + 1] >> 16)) << 16);
+      }
+      dst[i] = make_uint2(code[0], code[1]);
+      if (i % pieces_per_token == 0) fp8.scale[token] = scale;
+    }
   }
-  if (lane == 0) p.fp8.scale[token] = scale;
 }
 
-// Registers one written BF16 output row of `token` with the largest |value| it holds; true for the
-// caller that registers the token's last head (it must then have its warp call quantize_token_fp8).
-// The row's stores must be fenced (__threadfence) by every thread that made them, before this.
-__device__ __forceinline__ bool register_fp8_row(const KernelParams& p, int64_t token, float row_absmax) {
+// Registers one written BF16 output row of `token` with the largest |value| it holds.
+__device__ __forceinline__ void register_fp8_row(const KernelParams& p, int64_t token, float row_absmax) {
   atomicMax(p.fp8.absmax + token, __float_as_uint(row_absmax));
-  __threadfence();  // the absmax before the ticket
-  return atomicAdd(p.fp8.tickets + token, 1u) == uint32_t(p.q_heads) - 1;
 }
 
-// The warp-level epilogue for kernels whose rows are spread over quads of an mma layout (thread
-// (g, t) holds rows g and g + 8 of its warp's 16, 4 threads per row): `token[rh]` < 0 for rows not
-// written. Every lane of the warp calls it, after its own stores.
-__device__ __forceinline__ void fp8_epilogue_quads(const KernelParams& p, const int64_t (&token)[2],
-                                                   const float (&absmax)[2], int lane) {
-  __threadfence();
-  __syncwarp();
-  bool last[2] = {false, false};
+// The CTA-level epilogue of the prefill kernels: each CTA holds `tokens` tokens x one head; the CTAs
+// of a query tile (one per head) take a ticket when done (counted at the tile's first token), and the
+// last one quantizes the whole tile, all `threads` threads together. `sync` is a barrier over exactly
+// those threads; kBatch: loads in flight per thread. Every one of them calls this after its stores,
+// with its rows of the quad layout (thread (g, t) of a warp holds rows g and g + 8, 4 threads per
+// row; token < 0: no row) and their |max|.
+template <int kBatch, typename Sync>
+__device__ __forceinline__ void fp8_epilogue_tile(const uint16_t* out, Fp8Output fp8, int q_heads, int row,
+                                               int64_t token0, int64_t token1, float absmax0, float absmax1,
+                                               int64_t first_token, int tokens, int thread, int threads,
+                                               int* smem_flag, Sync sync) {
+  const int64_t token[2] = {token0, token1};
+  const float absmax[2] = {absmax0, absmax1};
   #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
     float m = absmax[rh];
     m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, 1));
     m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, 2));
-    if (lane % 4 == 0 && token[rh] >= 0) last[rh] = register_fp8_row(p, token[rh], m);
+    if (thread % 4 == 0 && token[rh] >= 0) atomicMax(fp8.absmax + token[rh], __float_as_uint(m));
   }
-  #pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    for (uint32_t done = __ballot_sync(0xFFFFFFFFu, last[rh]); done != 0; done &= done - 1) {
-      const int64_t t = __shfl_sync(0xFFFFFFFFu, token[rh], __ffs(done) - 1);
-      quantize_token_fp8(p, t, lane);
-    }
+  __threadfence();  // this thread's BF16 stores and absmax before the tile's ticket
+  sync();
+  if (thread == 0) {
+    const bool last = atomicAdd(fp8.tickets + first_token, 1u) == uint32_t(q_heads) - 1;
+    if (last) __threadfence();  // acquire: the other CTAs' stores, ordered before their tickets
+    *smem_flag = last;
+  }
+  sync();
+  if (*smem_flag) {
+    __threadfence();
+    quantize_pieces_fp8<kBatch>(out, fp8, row, first_token, thread, tokens * (row / 8), threads);
   }
 }
 
-// The same for kernels that write a row with a whole warp (each lane some channels).
+// The warp-level epilogue of the split-KV kernels, which write a row with a whole warp (each lane some
+// channels): tickets per token (q_heads rows each); the warp that writes a token's last row
+// quantizes the token.
 __device__ __forceinline__ void fp8_epilogue_warp_row(const KernelParams& p, int64_t token, float lane_absmax,
                                                       int lane) {
-  __threadfence();
   float m = lane_absmax;
   #pragma unroll
   for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+  __threadfence();  // every lane's stores before the ticket
+  __syncwarp();
   bool last = false;
-  if (lane == 0) last = register_fp8_row(p, token, m);
-  if (__shfl_sync(0xFFFFFFFFu, last, 0)) quantize_token_fp8(p, token, lane);
+  if (lane == 0) {
+    register_fp8_row(p, token, m);
+    __threadfence();  // the absmax before the ticket
+    last = atomicAdd(p.fp8.tickets + token, 1u) == uint32_t(p.q_heads) - 1;
+  }
+  if (__shfl_sync(0xFFFFFFFFu, last, 0)) {
+    __threadfence();
+    const int row = p.q_heads * p.layout.head_dim;
+    quantize_pieces_fp8<4>(p.out, p.fp8, row, token, lane, row / 8, 32);
+  }
 }
 
 }  // namespace fireq::attention::detail

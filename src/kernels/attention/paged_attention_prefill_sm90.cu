@@ -48,8 +48,10 @@ constexpr int kRawAhead = kRawStages - 1;      // copies issued this many tiles 
 constexpr int kThreads = 3 * 128;
 constexpr int kProducerRegisters = 72;
 constexpr int kConsumerRegisters = 216;  // 72 * 128 + 216 * 256 = 168 * 384: the launch's share
-// Named barriers: 1 + consumer (a consumer's Q staging), 3 (producer), kTurnBarrier + consumer (ping-pong).
+// Named barriers: 1 + consumer (a consumer's Q staging), 3 (producer), kTurnBarrier + consumer (ping-pong),
+// kEpilogueBarrier.
 constexpr int kTurnBarrier = 4;
+constexpr int kEpilogueBarrier = 6;  // the two consumers, in the FP8 output epilogue
 
 
 template <int kHeadDim>
@@ -69,6 +71,7 @@ struct alignas(1024) Smem {
   float v_scale_max[kStages][4];              // per producer warp: max of its 32 keys' v_scale
   RawTile<kHeadDim> raw[kRawStages];
   uint64_t full[kStages], empty[kStages];
+  int fp8_tile_done;  // the FP8 output epilogue's flag: this CTA quantizes its query tile
 };
 
 // Byte offset of (row, byte) in a K-major tile of kRowBytes-byte rows with the matching wgmma
@@ -644,7 +647,13 @@ __device__ void consume(const Params& p, const CtaRange& r, Smem<kHeadDim>& sm, 
       *reinterpret_cast<uint32_t*>(out + 8 * j + 2 * c.t) = uint32_t{lo} | (uint32_t{hi} << 16);
     }
   }
-  if (p.fp8.codes) detail::fp8_epilogue_quads(p, token, absmax, lane);
+  if (p.fp8.codes) {
+    const int first_query = r.q_tile * kQueryTile;
+    detail::fp8_epilogue_tile<4>(p.out, p.fp8, p.q_heads, p.q_heads * kHeadDim, token[0], token[1], absmax[0],
+                                 absmax[1], int64_t(r.q_begin) + first_query, min(kQueryTile, r.q_len - first_query),
+                                 consumer * 128 + thread, 256, &sm.fp8_tile_done,
+                                 [] { ptx::named_barrier_sync(kEpilogueBarrier, 256); });
+  }
 }
 
 template <int kHeadDim, bool kThreeStage>
