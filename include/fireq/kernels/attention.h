@@ -138,10 +138,11 @@ struct PagedAttentionArgs {
   float softmax_scale = 0.0f;           // usually 1 / sqrt(head_dim)
   uint16_t* out = nullptr;              // BF16 [total_queries][q_heads][head_dim]
 
-  // Optional FP8 copy of the output, the o_proj GEMM's input: numerics.h's per-token activation rule
-  // over each token's q_heads * head_dim BF16 outputs (scale = bf16(absmax / 448), codes e4m3(out /
-  // scale)). Written by the same launch: whoever writes a token's last head quantizes the token. `out`
-  // is still written (the codes are computed from it).
+  // Optional FP8 copy of the output, the o_proj GEMM's input (paged_attention_splitkv and
+  // paged_attention_prefill_fp8): numerics.h's per-token activation rule over each token's
+  // q_heads * head_dim BF16 outputs (scale = bf16(absmax / 448), codes e4m3(out / scale)). Written by
+  // the same launch: the last writer of a group of tokens quantizes the group. `out` is still written
+  // (the codes are computed from it). Costs more than a separate pass today (docs/kernels/ATTENTION.md).
   uint8_t* out_fp8 = nullptr;           // e4m3 [total_queries][q_heads][head_dim], or nullptr
   float* out_fp8_scale = nullptr;       // [total_queries]
   uint32_t* out_fp8_workspace = nullptr;  // fp8_output_workspace_words(*this) words, cleared by the launcher
@@ -190,7 +191,7 @@ void quantize_qkv(const QkvQuantizeArgs& args, void* stream);
 // paged_attention_workspace_bytes(args) bytes of device memory.
 void paged_attention_splitkv(const PagedAttentionArgs& args, void* workspace, void* stream);
 // Prefill (many queries per sequence, over a cached prefix plus themselves), FlashAttention-2 style on
-// mma.sync with the same PRounding::fp16 numerics; no workspace.
+// mma.sync with the same PRounding::fp16 numerics; no workspace. No FP8 output (throws if out_fp8 is set).
 void paged_attention_prefill(const PagedAttentionArgs& args, void* stream);
 
 // Prefill FlashAttention-3 style on Hopper (sm_90a): FP8 wgmma for Q K^T and P V, INT4 K/V converted
