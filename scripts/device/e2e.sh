@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the CUDA engine (helper "gpu"): GPU tests of the BF16 path against the CPU
+# One device call for the CUDA engine's BF16 path (helper "gpu"): GPU tests of the BF16 path against the CPU
 # reference (prints the [correctness] lines), compute-sanitizer on a short batched run, then
 # `fireq bench` on Llama shapes and the Hugging Face peers in the same call, merged into
 # $OUT/e2e.json / e2e.md. Binaries come prebuilt in build-gpu/bin (carried) with the host
@@ -42,11 +42,11 @@ if has sanitizer; then
 fi
 if has bench; then
   echo "== fireq bench"
-  $fireq bench --out "$out/ours.json" ${E2E_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
+  $fireq bench --path bf16 --out "$out/ours.json" ${E2E_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
   if [[ "${E2E_EXTRA_SHAPES:-0}" == 1 ]]; then
-    $fireq bench --shape llama2-7b --ttft 1024 --prefill-batch 16 --decode-batches 1,16 --decode-steps 16 \
+    $fireq bench --path bf16 --shape llama2-7b --ttft 1024 --prefill-batch 16 --decode-batches 1,16 --decode-steps 16 \
       --reps 2 --out "$out/ours_llama2.json" 2>&1 | grep -E "TTFT|tokens/s|plan|error" | tee -a "$out/bench.log"
-    $fireq bench --shape llama3-70b 2>&1 | tail -1 | tee -a "$out/bench.log"
+    $fireq bench --path bf16 --shape llama3-70b 2>&1 | tail -1 | tee -a "$out/bench.log"
   fi
 fi
 if has peers; then
