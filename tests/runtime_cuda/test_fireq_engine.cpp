@@ -93,8 +93,9 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
 
 // A random float model quantized with the fireq-smollm2 recipe (group 64, FP8 activations and
 // queries, INT4 KV with BF16 scales, smoothing, pre- and post-RoPE scaling calibrated on random
-// tokens).
-QuantizedModel quantized_model(const LlamaConfig& c, uint32_t seed, const std::vector<int>& skip_layers = {}) {
+// tokens); group 128 pads SmolLM2's K = 576 to 640 (zero_pad).
+QuantizedModel quantized_model(const LlamaConfig& c, uint32_t seed, const std::vector<int>& skip_layers = {},
+                               int group_size = 64) {
   std::mt19937 rng(seed);
   LlamaWeights w;
   w.config = c;
@@ -120,6 +121,8 @@ QuantizedModel quantized_model(const LlamaConfig& c, uint32_t seed, const std::v
   recipe.calib_samples = 2;
   recipe.calib_seq_len = 64;
   recipe.skip_layers = skip_layers;
+  recipe.group_size = group_size;
+  recipe.k_remainder = KRemainder::kZeroPad;
   const std::vector<int32_t> calibration = random_tokens(2 * 64, c.vocab_size, seed + 1);
   return quantize_model(w, recipe, calibration);
 }
@@ -192,9 +195,9 @@ TEST(FireqMemoryPlan, Llama3_70bFitsOneH100WithKv) {
 
 // ----- Against the simulated numerics on the CPU -----
 
-void expect_matches_simulation(bool llama3_like) {
+void expect_matches_simulation(bool llama3_like, int group_size = 64) {
   const LlamaConfig config = small_config(llama3_like);
-  const QuantizedModel model = quantized_model(config, 31 + llama3_like);
+  const QuantizedModel model = quantized_model(config, 31 + llama3_like, {}, group_size);
   EvaluationModel simulated(model);
   CpuEngine& cpu = simulated.engine();
   CudaEngine gpu(model, small_options());
@@ -238,15 +241,17 @@ void expect_matches_simulation(bool llama3_like) {
 // both see the same quantized model; they part only by the GPU's own roundings.
 TEST(FireqEmulation, CloseToTheSimulatedNumerics) {
   const LlamaConfig config = small_config(false);
-  const QuantizedModel model = quantized_model(config, 61);
-  EvaluationModel simulated(model);
   const std::vector<int32_t> prompt = random_tokens(48, config.vocab_size, 62);
-  const Agreement a = compare(fireq_path_reference_logits(model, prompt),
-                              simulated.engine().forward(prompt, LogitsFor::kAll), config.vocab_size);
-  report("fireq emulation vs simulation", a);
-  EXPECT_LT(a.relative_rms(), 0.15);
-  EXPECT_GE(a.top1_same, 0.8 * a.rows);
-  QuantizedModel skipped = model;
+  for (const int group_size : {64, 128}) {  // 128: K = 576 padded to 640
+    const QuantizedModel model = quantized_model(config, 61, {}, group_size);
+    EvaluationModel simulated(model);
+    const Agreement a = compare(fireq_path_reference_logits(model, prompt),
+                                simulated.engine().forward(prompt, LogitsFor::kAll), config.vocab_size);
+    report(("fireq emulation vs simulation, group " + std::to_string(group_size)).c_str(), a);
+    EXPECT_LT(a.relative_rms(), 0.15);
+    EXPECT_GE(a.top1_same, 0.8 * a.rows);
+  }
+  QuantizedModel skipped = quantized_model(config, 61);
   skipped.layers[1].quantized = false;
   EXPECT_THROW(fireq_path_reference_logits(skipped, prompt), Error);
 }
@@ -259,6 +264,12 @@ TEST(FireqEngine, SmolLM2ShapesMatchSimulatedNumerics) {
 TEST(FireqEngine, Llama3LikeShapesMatchSimulatedNumerics) {
   SKIP_WITHOUT_GPU();
   expect_matches_simulation(true);
+}
+
+// Group 128 on SmolLM2's shapes: K = 576 stored padded to 640, the FP8 rows zero-padded to match.
+TEST(FireqEngine, PaddedKMatchesSimulatedNumerics) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_simulation(false, 128);
 }
 
 // Decode steps of 3 sequences (graph bucket 4: one padded row) replayed from graphs against the

@@ -128,6 +128,12 @@ __global__ void fill_int4_kernel(uint8_t* out, size_t bytes, uint64_t seed) {
   }
 }
 
+__global__ void pad_rows_kernel(const uint8_t* in, int k, int k_pad, uint8_t* out) {
+  const int row = blockIdx.x;
+  for (int i = threadIdx.x; i < k_pad; i += blockDim.x)
+    out[size_t(row) * k_pad + i] = i < k ? in[size_t(row) * k + i] : uint8_t{0};
+}
+
 int fill_grid(size_t count) { return int(std::min<size_t>((count + kThreads - 1) / kThreads, 132 * 32)); }
 
 }  // namespace
@@ -153,6 +159,11 @@ void rms_norm_to_bf16(const float* x, const int32_t* rows, int count, int width,
 void rms_norm_to_bf16(const uint16_t* x, const int32_t* rows, int count, int width, const float* gamma,
                       double eps, uint16_t* out, cudaStream_t stream) {
   rms_norm_kernel<<<count, kRowThreads, 0, stream>>>(x, rows, width, gamma, eps, out);
+  FIREQ_CUDA_CHECK_LAUNCH();
+}
+
+void pad_rows(const uint8_t* in, int rows, int k, int k_pad, uint8_t* out, cudaStream_t stream) {
+  pad_rows_kernel<<<rows, kThreads, 0, stream>>>(in, k, k_pad, out);
   FIREQ_CUDA_CHECK_LAUNCH();
 }
 

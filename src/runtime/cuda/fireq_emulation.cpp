@@ -23,6 +23,17 @@ gemm::Int4Weights int4_weights(StackedLinear&& s, int k, int group_size) {
   return {.n = s.n, .k = k, .group_size = group_size, .packed = std::move(s.packed), .scales = std::move(s.scales)};
 }
 
+// FP8 rows with zero columns up to the GEMM's (group-padded) K.
+gemm::Fp8Activations padded(gemm::Fp8Activations a, int k_pad) {
+  if (k_pad == a.k) return a;
+  std::vector<uint8_t> values(size_t(a.m) * k_pad, 0);
+  for (int r = 0; r < a.m; ++r)
+    std::copy_n(a.values.begin() + size_t(r) * a.k, a.k, values.begin() + size_t(r) * k_pad);
+  a.values = std::move(values);
+  a.k = k_pad;
+  return a;
+}
+
 std::vector<uint16_t> bf16_bits(const FloatTensor& t) {
   std::vector<uint16_t> out(t.data.size());
   for (size_t i = 0; i < out.size(); ++i) out[i] = bf16_from_float(t.data[i]);
@@ -66,21 +77,22 @@ std::vector<float> fireq_path_reference_logits(const QuantizedModel& model, std:
     const float* post_rope = layer.post_rope_scale.empty() ? nullptr : layer.post_rope_scale.data();
     StackedLinear qkv_stack = stacked_linear(model, l, {LinearSite::kQ, LinearSite::kK, LinearSite::kV}, g);
     const float qkv_s_inv = qkv_stack.s_inv;
-    const gemm::Int4Weights wqkv = int4_weights(std::move(qkv_stack), h, g);
+    const int h_pad = padded_k(h, g), q_pad = padded_k(c.q_dim(), g), inter_pad = padded_k(c.intermediate_size, g);
+    const gemm::Int4Weights wqkv = int4_weights(std::move(qkv_stack), h_pad, g);
     StackedLinear o_stack = stacked_linear(model, l, {LinearSite::kO}, g);
     const float o_s_inv = o_stack.s_inv;
-    const gemm::Int4Weights wo = int4_weights(std::move(o_stack), c.q_dim(), g);
+    const gemm::Int4Weights wo = int4_weights(std::move(o_stack), q_pad, g);
     StackedLinear gate_up_stack = stacked_linear(model, l, {LinearSite::kGate, LinearSite::kUp}, g);
     const float gate_up_s_inv = gate_up_stack.s_inv;
-    const gemm::Int4Weights wgu = int4_weights(std::move(gate_up_stack), h, g);
+    const gemm::Int4Weights wgu = int4_weights(std::move(gate_up_stack), h_pad, g);
     StackedLinear down_stack = stacked_linear(model, l, {LinearSite::kDown}, g);
     const float down_s_inv = down_stack.s_inv;
-    const gemm::Int4Weights wdown = int4_weights(std::move(down_stack), c.intermediate_size, g);
+    const gemm::Int4Weights wdown = int4_weights(std::move(down_stack), inter_pad, g);
 
     const std::vector<uint16_t> attn_norm = bf16_bits(layer.attn_norm), ffn_norm = bf16_bits(layer.ffn_norm);
     const std::vector<uint16_t> qkv =
-        gemm::gemm_reference(gemm::rmsnorm_fp8_reference(residual.data(), attn_norm.data(), n, h, eps), wqkv, qkv_s_inv,
-                             gemm::Epilogue::kBf16);
+        gemm::gemm_reference(padded(gemm::rmsnorm_fp8_reference(residual.data(), attn_norm.data(), n, h, eps), h_pad),
+                             wqkv, qkv_s_inv, gemm::Epilogue::kBf16);
     const attention::QkvQuantizeArgs quantize{
         .qkv = qkv.data(), .tokens = n, .q_heads = c.num_attention_heads, .positions = positions.data(),
         .seq_index = seq_index.data(), .rope_cos_sin = rope.data(), .max_position = n, .post_rope_k_scale = post_rope,
@@ -91,13 +103,14 @@ std::vector<float> fireq_path_reference_logits(const QuantizedModel& model, std:
         .max_query_len = n, .max_seq_len = n, .cache = cache, .sequences = sequences,
         .softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))), .out = attended.data()};
     attention::paged_attention_reference(attend, attention::PRounding::fp8_tile);
-    residual = gemm::gemm_reference(gemm::quantize_bf16_rows_reference(attended.data(), n, c.q_dim()), wo, o_s_inv,
-                                    gemm::Epilogue::kResidualAdd, residual.data());
+    residual = gemm::gemm_reference(padded(gemm::quantize_bf16_rows_reference(attended.data(), n, c.q_dim()), q_pad), wo,
+                                    o_s_inv, gemm::Epilogue::kResidualAdd, residual.data());
     const std::vector<uint16_t> activated =
-        gemm::gemm_reference(gemm::rmsnorm_fp8_reference(residual.data(), ffn_norm.data(), n, h, eps), wgu, gate_up_s_inv,
-                             gemm::Epilogue::kSwiGlu);
-    residual = gemm::gemm_reference(gemm::quantize_bf16_rows_reference(activated.data(), n, c.intermediate_size), wdown,
-                                    down_s_inv, gemm::Epilogue::kResidualAdd, residual.data());
+        gemm::gemm_reference(padded(gemm::rmsnorm_fp8_reference(residual.data(), ffn_norm.data(), n, h, eps), h_pad), wgu,
+                             gate_up_s_inv, gemm::Epilogue::kSwiGlu);
+    residual = gemm::gemm_reference(
+        padded(gemm::quantize_bf16_rows_reference(activated.data(), n, c.intermediate_size), inter_pad), wdown, down_s_inv,
+        gemm::Epilogue::kResidualAdd, residual.data());
   }
 
   // Final norm as the engine's kernel (sum of squares in double, BF16 out), BF16 lm_head, FP32 sums.

@@ -14,6 +14,9 @@
 #include "kernels.h"
 
 namespace fireq::cuda_runtime {
+
+int padded_k(int k, int group_size) { return (k + group_size - 1) / group_size * group_size; }
+
 namespace {
 
 // The split-K workspace covers M up to this many tokens: the dispatch splits K only for token
@@ -21,6 +24,14 @@ namespace {
 constexpr int kSplitKMaxTokens = 256;
 
 int widest_input(const LlamaConfig& c) { return std::max({c.hidden_size, c.q_dim(), c.intermediate_size}); }
+int widest_padded_input(const LlamaConfig& c, int group_size) {
+  return std::max({padded_k(c.hidden_size, group_size), padded_k(c.q_dim(), group_size),
+                   padded_k(c.intermediate_size, group_size)});
+}
+bool pads_k(const LlamaConfig& c, int group_size) {
+  return padded_k(c.hidden_size, group_size) != c.hidden_size || padded_k(c.q_dim(), group_size) != c.q_dim() ||
+         padded_k(c.intermediate_size, group_size) != c.intermediate_size;
+}
 int widest_output(const LlamaConfig& c) {
   return std::max({c.q_dim() + 2 * c.kv_dim(), 2 * c.intermediate_size, c.hidden_size});
 }
@@ -78,9 +89,10 @@ uint8_t shifted_scale(uint8_t code, int shift, const std::string& tensor) {
 }  // namespace
 
 int64_t fireq_layer_weight_bytes(const LlamaConfig& c, int group_size) {
-  const int h = c.hidden_size, inter = c.intermediate_size;
-  const int64_t linears = linear_bytes(c.q_dim() + 2 * c.kv_dim(), h, group_size) + linear_bytes(h, c.q_dim(), group_size) +
-                          linear_bytes(2 * inter, h, group_size) + linear_bytes(h, inter, group_size);
+  const int h = c.hidden_size, inter = c.intermediate_size, g = group_size;
+  const int h_pad = padded_k(h, g);
+  const int64_t linears = linear_bytes(c.q_dim() + 2 * c.kv_dim(), h_pad, g) + linear_bytes(h, padded_k(c.q_dim(), g), g) +
+                          linear_bytes(2 * inter, h_pad, g) + linear_bytes(h, padded_k(inter, g), g);
   const int64_t small = 2 * (int64_t{h} * 2 + 256) + int64_t{c.kv_dim()} * 4 + 256;  // norms, post-RoPE scale
   return c.num_hidden_layers * (linears + 4 * 256 + small);
 }
@@ -90,9 +102,10 @@ int64_t fireq_kv_bytes_per_page(const LlamaConfig& c, int page_size) {
   return int64_t{c.num_hidden_layers} * 2 * (layout.data_bytes_per_page() + layout.scales_per_page() * 2);
 }
 
-int64_t fireq_activation_bytes(const LlamaConfig& c, const CudaEngineOptions& o, int max_context) {
+int64_t fireq_activation_bytes(const LlamaConfig& c, const CudaEngineOptions& o, int group_size) {
   const int64_t t = o.max_step_tokens, q = c.q_dim(), kv = c.kv_dim();
-  const int64_t per_token = widest_input(c) + 4 + (q + 2 * kv) * 2 + q + c.num_attention_heads * 2 + q * 2 +
+  const int64_t fp8_rows = widest_padded_input(c, group_size) + (pads_k(c, group_size) ? widest_input(c) : 0);
+  const int64_t per_token = fp8_rows + 4 + (q + 2 * kv) * 2 + q + c.num_attention_heads * 2 + q * 2 +
                             int64_t{c.intermediate_size} * 2;
   const int64_t splitk_tokens = std::min<int64_t>(t, kSplitKMaxTokens);
   const int64_t splitk = gemm::splitk_workspace_floats(splitk_tokens, widest_output(c)) * 4 +
@@ -112,10 +125,6 @@ FireqLayers::FireqLayers(const LlamaConfig& config, const CudaEngineOptions& opt
   const LlamaConfig& c = config;
   const int h = c.hidden_size, inter = c.intermediate_size;
   if (group_size != 64 && group_size != 128) fail("CUDA engine: group size ", group_size, " is not 64 or 128");
-  for (const auto& [what, k] : {std::pair{"hidden_size", h}, {"q_dim", c.q_dim()}, {"intermediate_size", inter}})
-    if (k % group_size != 0)
-      fail("CUDA engine: ", what, " ", k, " is not a multiple of the group size ", group_size,
-           " (K padded to the group is not supported by the FireQ path; quantize with group 64)");
   for (const auto& [what, n] : {std::pair{"q|k|v rows", c.q_dim() + 2 * c.kv_dim()}, {"hidden_size", h},
                                 {"2 x intermediate_size", 2 * inter}})
     if (n % gemm::kTileRows != 0) fail("CUDA engine: ", what, " ", n, " is not a multiple of 64 (the GEMM's row tile)");
@@ -132,15 +141,17 @@ FireqLayers::FireqLayers(const LlamaConfig& config, const CudaEngineOptions& opt
     l.attn_norm = weights.take<uint16_t>(h, "attn_norm");
     l.ffn_norm = weights.take<uint16_t>(h, "ffn_norm");
     l.post_rope_scale = weights.take<float>(c.kv_dim(), "post-RoPE scale");
-    l.qkv = linear(c.q_dim() + 2 * c.kv_dim(), h, false);
-    l.o = linear(h, c.q_dim(), false);
-    l.gate_up = linear(2 * inter, h, true);
-    l.down = linear(h, inter, false);
+    // K padded to the group (docs/FORMAT.md zero_pad): the GEMM reads zero activation columns there.
+    l.qkv = linear(c.q_dim() + 2 * c.kv_dim(), padded_k(h, group_size), false);
+    l.o = linear(h, padded_k(c.q_dim(), group_size), false);
+    l.gate_up = linear(2 * inter, padded_k(h, group_size), true);
+    l.down = linear(h, padded_k(inter, group_size), false);
     layers_.push_back(l);
   }
 
   const int64_t t = options.max_step_tokens;
-  x_fp8_ = activations.take<uint8_t>(t * widest_input(c), "FP8 activations");
+  x_fp8_ = activations.take<uint8_t>(t * widest_padded_input(c, group_size), "FP8 activations");
+  if (pads_k(c, group_size)) x_unpadded_ = activations.take<uint8_t>(t * widest_input(c), "FP8 rows before padding");
   x_scales_ = activations.take<float>(t, "FP8 activation scales");
   qkv_ = activations.take<uint16_t>(t * (c.q_dim() + 2 * c.kv_dim()), "qkv");
   q_fp8_ = activations.take<uint8_t>(t * c.q_dim(), "FP8 queries");
@@ -171,6 +182,14 @@ FireqLayers::FireqLayers(const LlamaConfig& config, const CudaEngineOptions& opt
 
 FireqLayers::~FireqLayers() { cudaFree(attention_workspace_); }
 
+// Canonical bytes of the largest linear (every layer has the same shapes): the staging buffer's size.
+size_t FireqLayers::largest_linear_bytes() const {
+  size_t most = 0;
+  for (const Linear* l : {&layers_[0].qkv, &layers_[0].o, &layers_[0].gate_up, &layers_[0].down})
+    most = std::max(most, size_t(l->weights.n) * l->weights.k / 2);
+  return most;
+}
+
 StackedLinear stacked_linear(const QuantizedModel& model, int layer, std::initializer_list<LinearSite> sites,
                              int group_size) {
   const QuantizedLayer& q = model.layers[layer];
@@ -184,9 +203,9 @@ StackedLinear stacked_linear(const QuantizedModel& model, int layer, std::initia
     if (!linear.is_int4) fail(name, ": BF16 weights (a skipped layer) are not supported by the FireQ path of the CUDA engine");
     const Int4Linear& w = linear.int4;
     if (w.scale_dtype != ScaleDType::kFp8E4M3) fail(name, ": BF16 group scales; the GEMM reads FP8 e4m3 scales");
-    if (w.padded_in_features != w.in_features)
-      fail(name, ": K padded from ", w.in_features, " to ", w.padded_in_features,
-           "; the FireQ path needs K to be a multiple of the group size (quantize with group 64)");
+    if (w.padded_in_features != padded_k(static_cast<int>(w.in_features), group_size))
+      fail(name, ": K stored as ", w.padded_in_features, " for ", w.in_features, " inputs; expected the next multiple of ",
+           group_size);
     if (w.group_size != group_size) fail(name, ": group size ", w.group_size, ", the engine was planned for ", group_size);
     if (!w.bias.empty()) fail(name, ": biases are not supported by the FireQ path");
     const int shift = exponent - w.tensor_scale_exponent;
@@ -227,8 +246,8 @@ void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
   if (static_cast<int>(model.layers.size()) != c.num_hidden_layers)
     fail("CUDA engine: the checkpoint has ", model.layers.size(), " layers, its config says ", c.num_hidden_layers);
 
-  const int h = c.hidden_size, inter = c.intermediate_size;
-  const size_t largest = std::max(size_t(c.q_dim() + 2 * c.kv_dim()) * h, size_t(2) * inter * h) / 2;
+  const int h = c.hidden_size;
+  const size_t largest = largest_linear_bytes();
   uint8_t *packed = nullptr, *scales = nullptr;
   FIREQ_CUDA_CHECK(cudaMalloc(&packed, largest));
   FIREQ_CUDA_CHECK(cudaMalloc(&scales, largest / (group_size_ / 2)));
@@ -269,10 +288,10 @@ void FireqLayers::load(const QuantizedModel& model, cudaStream_t stream) {
 
 void FireqLayers::randomize(uint64_t seed, cudaStream_t stream) {
   const LlamaConfig& c = config_;
-  const int h = c.hidden_size, inter = c.intermediate_size;
+  const int h = c.hidden_size;
   // INT4 codes uniform in [-7, 7] have std 4.32: sigma = 0.02 / 4.32 gives weights of std 0.02.
   const uint8_t sigma = fp8_e4m3_from_float(0.02f / 4.32f);
-  const size_t largest = std::max(size_t(c.q_dim() + 2 * c.kv_dim()) * h, size_t(2) * inter * h) / 2;
+  const size_t largest = largest_linear_bytes();
   uint8_t *packed = nullptr, *scales = nullptr;
   FIREQ_CUDA_CHECK(cudaMalloc(&packed, largest));
   FIREQ_CUDA_CHECK(cudaMalloc(&scales, largest / (group_size_ / 2)));
@@ -338,6 +357,17 @@ void FireqLayers::forward(const FireqStep& step, const float* rope_cos_sin, int 
   const LlamaConfig& c = config_;
   const int n = step.tokens, h = c.hidden_size, inter = c.intermediate_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  // Per-token FP8 rows (after RMSNorm when gamma is set) of the next GEMM's input, zero-padded to
+  // its K when the checkpoint pads K to the group.
+  auto to_fp8 = [&](const uint16_t* x, const uint16_t* gamma, int k) {
+    const int k_pad = padded_k(k, group_size_);
+    if (k_pad == k) {
+      gemm::rmsnorm_quantize_fp8(x, gamma, n, k, eps, x_fp8_, x_scales_, stream);
+      return;
+    }
+    gemm::rmsnorm_quantize_fp8(x, gamma, n, k, eps, x_unpadded_, x_scales_, stream);
+    pad_rows(x_unpadded_, n, k, k_pad, x_fp8_, stream);
+  };
   auto gemm = [&](const Linear& w, gemm::Epilogue epilogue, uint16_t* out) {
     const gemm::GemmArgs args{.x = x_fp8_, .x_scales = x_scales_, .m = n, .s_inv = w.s_inv, .epilogue = epilogue,
                               .residual = epilogue == gemm::Epilogue::kResidualAdd ? residual : nullptr, .out = out};
@@ -345,7 +375,7 @@ void FireqLayers::forward(const FireqStep& step, const float* rope_cos_sin, int 
   };
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const Layer& w = layers_[l];
-    gemm::rmsnorm_quantize_fp8(residual, w.attn_norm, n, h, eps, x_fp8_, x_scales_, stream);
+    to_fp8(residual, w.attn_norm, h);
     mark("rmsnorm + FP8");
     gemm(w.qkv, gemm::Epilogue::kBf16, qkv_);
     mark("qkv_proj (W4A8)");
@@ -360,15 +390,15 @@ void FireqLayers::forward(const FireqStep& step, const float* rope_cos_sin, int 
     mark("RoPE + FP8 Q + INT4 KV write");
     attention(step, l, stream);
     mark("attention (INT4 KV)");
-    gemm::rmsnorm_quantize_fp8(attended_, nullptr, n, c.q_dim(), eps, x_fp8_, x_scales_, stream);
+    to_fp8(attended_, nullptr, c.q_dim());
     mark("FP8 quantize");
     gemm(w.o, gemm::Epilogue::kResidualAdd, residual);
     mark("o_proj + residual (W4A8)");
-    gemm::rmsnorm_quantize_fp8(residual, w.ffn_norm, n, h, eps, x_fp8_, x_scales_, stream);
+    to_fp8(residual, w.ffn_norm, h);
     mark("rmsnorm + FP8");
     gemm(w.gate_up, gemm::Epilogue::kSwiGlu, activated_);
     mark("gate|up + SwiGLU (W4A8)");
-    gemm::rmsnorm_quantize_fp8(activated_, nullptr, n, inter, eps, x_fp8_, x_scales_, stream);
+    to_fp8(activated_, nullptr, inter);
     mark("FP8 quantize");
     gemm(w.down, gemm::Epilogue::kResidualAdd, residual);
     mark("down_proj + residual (W4A8)");

@@ -22,7 +22,10 @@ namespace fireq::cuda_runtime {
 // Bytes the FireQ path allocates, for the memory plan (plan_sizes.h adds the shared buffers).
 int64_t fireq_layer_weight_bytes(const LlamaConfig& config, int group_size);  // all layers
 int64_t fireq_kv_bytes_per_page(const LlamaConfig& config, int page_size);    // all layers, K and V
-int64_t fireq_activation_bytes(const LlamaConfig& config, const CudaEngineOptions& options, int max_context);
+int64_t fireq_activation_bytes(const LlamaConfig& config, const CudaEngineOptions& options, int group_size);
+
+// K as the checkpoint stores it: the next multiple of the group (docs/FORMAT.md, zero_pad).
+int padded_k(int k, int group_size);
 
 // RoPE (cos, sin) per position and pair, [positions][head_dim / 2][2], computed as the CPU
 // reference engine does (float angle, double cos/sin rounded once); both paths use it.
@@ -97,6 +100,7 @@ class FireqLayers {
     Linear qkv, o, gate_up, down;
   };
   void attention(const FireqStep& step, int layer, cudaStream_t stream) const;
+  size_t largest_linear_bytes() const;
 
   LlamaConfig config_;
   int group_size_ = 0;
@@ -104,7 +108,8 @@ class FireqLayers {
   std::vector<attention::PagedKvCache> caches_;  // per layer
 
   // Step buffers.
-  uint8_t* x_fp8_ = nullptr;      // [tokens][widest K] FP8 input of the next GEMM
+  uint8_t* x_fp8_ = nullptr;      // [tokens][widest padded K] FP8 input of the next GEMM
+  uint8_t* x_unpadded_ = nullptr; // [tokens][widest K], only when some K is padded to the group
   float* x_scales_ = nullptr;     // [tokens]
   uint16_t* qkv_ = nullptr;       // BF16 [tokens][q + 2 kv]
   uint8_t* q_fp8_ = nullptr;      // [tokens][q_heads][head_dim]

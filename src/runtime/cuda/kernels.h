@@ -98,6 +98,8 @@ void paged_attention_bf16(const AttentionArgs& args, const StepMetadata& step, c
 // Uniform values in [offset - amplitude, offset + amplitude), a hash of (seed, index).
 void fill_random_bf16(uint16_t* out, size_t count, uint64_t seed, float offset, float amplitude,
                       cudaStream_t stream);
+// out[r][i] = in[r][i] for i < k, 0 for k <= i < k_pad: FP8 rows zero-padded to a GEMM's K.
+void pad_rows(const uint8_t* in, int rows, int k, int k_pad, uint8_t* out, cudaStream_t stream);
 // Packed INT4 bytes (numerics.h packing), both codes uniform in [-7, 7].
 void fill_random_int4(uint8_t* packed, size_t bytes, uint64_t seed, cudaStream_t stream);
 void fill_random_f32(float* out, size_t count, uint64_t seed, float offset, float amplitude,

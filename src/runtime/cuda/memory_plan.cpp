@@ -52,7 +52,7 @@ int64_t activation_arena_bytes(const LlamaConfig& c, const CudaEngineOptions& o,
   const int64_t sampling_state = int64_t{o.max_sequences} * 64 + 4096;  // RNG states, row options, tokens
   const int64_t alignment = 32 * 256;                                     // each buffer rounded up to 256 bytes
   const int64_t shared = logits + rope + metadata_ints(o, max_context) * 4 + sampling_state + alignment;
-  if (format.fireq) return shared + t * h * 2 + fireq_activation_bytes(c, o, max_context);  // + BF16 residual
+  if (format.fireq) return shared + t * h * 2 + fireq_activation_bytes(c, o, format.group_size);  // + BF16 residual
   const int64_t per_token = h * 4 + h * 2 + (q + 2 * kv) * 4 + q * 4 + q * 2 + 2 * inter * 4 + inter * 2;
   const int64_t attention = int64_t(attention_workspace_floats(kMaxSplitBlocks, c.head_dim)) * 4;
   return shared + t * per_token + attention;
