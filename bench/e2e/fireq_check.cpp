@@ -233,6 +233,9 @@ int run_emulation(const std::map<std::string, std::string>& f) {
   std::printf("[emulation] %lld rows: max |logit diff| %.4f (max |logit| %.2f), relative RMS %.5f, top-1 agreement %.2f%%\n",
               static_cast<long long>(a.rows), a.max_abs_diff, a.max_abs_ref, std::sqrt(a.sum_sq_diff / a.sum_sq_ref),
               100.0 * a.top1_same / a.rows);
+  if (tokens == r.window_tokens)
+    std::printf("[emulation] PPL emulation %.4f vs CPU simulation %.4f\n", std::exp(mean_nll(r, emulated)),
+                std::exp(mean_nll(r, r.logits)));
   return 0;
 }
 
