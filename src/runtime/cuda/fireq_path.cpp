@@ -19,8 +19,8 @@ int padded_k(int k, int group_size) { return (k + group_size - 1) / group_size *
 
 namespace {
 
-// The split-K workspace covers M up to this many tokens: the dispatch splits K only for token
-// tiles below 128, i.e. M <= 256.
+// The split-K workspace covers M up to this many tokens, more than the dispatch ever splits K for
+// (small token tiles only, docs/kernels/GEMM.md); a larger M runs without split-K.
 constexpr int kSplitKMaxTokens = 256;
 
 int widest_input(const LlamaConfig& c) { return std::max({c.hidden_size, c.q_dim(), c.intermediate_size}); }
