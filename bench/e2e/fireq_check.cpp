@@ -8,11 +8,17 @@
 //     checkpoint to REF/model, and the windows' ids and the CPU engine's logits with the simulated
 //     numerics (quant.h EvaluationModel) to REF/reference.bin, its perplexity to REF/reference.json.
 //
+//   fireq_e2e_check emulate --reference REF [--tokens N] [--save]
+//     (here, CPU) the same windows through the FireQ path's emulation (the kernels' CPU references op
+//     for op: BF16 residual stream, BF16 SwiGLU output, FP8 P tiles) against the simulation; with
+//     --save (and N = the window length) writes its logits to REF/emulation.bin.
+//
 //   fireq_e2e_check gpu --reference REF [--out FILE.json]
 //     (on the device) runs the same windows on the CUDA engine's FireQ path twice: each window as
 //     one prefill step, and as a prefill of its first half then one decode step per token (split-KV
 //     attention, CUDA graphs); prints max logit difference, relative RMS, top-1 agreement and the
-//     perplexity against the CPU's.
+//     perplexity against the CPU's simulation and, where REF/emulation.bin exists, against the
+//     emulation of the GPU's own numerics.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,8 +53,9 @@ std::map<std::string, std::string> flags(int argc, char** argv) {
   std::map<std::string, std::string> out;
   for (int i = 2; i < argc; ++i) {
     const std::string key = argv[i];
-    if (key.rfind("--", 0) != 0 || i + 1 >= argc) fail("fireq_e2e_check: expected --flag value, got '", key, "'");
-    out[key.substr(2)] = argv[++i];
+    if (key.rfind("--", 0) != 0) fail("fireq_e2e_check: expected --flag [value], got '", key, "'");
+    const bool has_value = i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0;
+    out[key.substr(2)] = has_value ? argv[++i] : "";
   }
   return out;
 }
@@ -236,6 +244,13 @@ int run_emulation(const std::map<std::string, std::string>& f) {
   if (tokens == r.window_tokens)
     std::printf("[emulation] PPL emulation %.4f vs CPU simulation %.4f\n", std::exp(mean_nll(r, emulated)),
                 std::exp(mean_nll(r, r.logits)));
+  if (f.count("save")) {
+    if (tokens != r.window_tokens) fail("--save needs --tokens ", r.window_tokens, " (whole windows)");
+    Reference e = r;
+    e.logits = std::move(emulated);
+    write_reference(e, dir / "emulation.bin");
+    std::printf("[emulation] wrote %s\n", (dir / "emulation.bin").string().c_str());
+  }
   return 0;
 }
 
@@ -250,6 +265,12 @@ int run_gpu(const std::map<std::string, std::string>& f) {
                  {"windows", r.windows}, {"window_tokens", r.window_tokens}};
   const double cpu_nll = mean_nll(r, r.logits);
   result["cpu_ppl"] = std::exp(cpu_nll);
+  std::optional<Reference> emulation;
+  if (fs::exists(dir / "emulation.bin")) {
+    emulation = read_reference(dir / "emulation.bin");
+    if (emulation->ids != r.ids || emulation->vocab != r.vocab) fail(dir.string(), "/emulation.bin: other windows than reference.bin");
+    result["emulation_ppl"] = std::exp(mean_nll(r, emulation->logits));
+  }
   bool pass = true;
   for (const std::string mode : {"prefill", "prefill+decode"}) {
     std::vector<float> logits;
@@ -278,6 +299,18 @@ int run_gpu(const std::map<std::string, std::string>& f) {
     result[mode] = {{"rows", a.rows}, {"max_abs_logit_diff", a.max_abs_diff}, {"max_abs_logit", a.max_abs_ref},
                     {"relative_rms", std::sqrt(a.sum_sq_diff / a.sum_sq_ref)}, {"top1_agreement", top1},
                     {"gpu_ppl", gpu_ppl}, {"ppl_relative_gap", gpu_ppl / cpu_ppl - 1}, {"meets_targets", ok}};
+    if (emulation) {
+      const Agreement e = compare(logits, emulation->logits, r.vocab);
+      const double emulated_ppl = std::exp(mean_nll(r, emulation->logits));
+      const double e_top1 = static_cast<double>(e.top1_same) / e.rows;
+      std::printf("[real-model] %s vs the CPU emulation of the GPU numerics: max |logit diff| %.4f, relative RMS %.5f, "
+                  "top-1 agreement %.2f%%, PPL GPU %.4f vs emulation %.4f (%+.3f%%)\n",
+                  mode.c_str(), e.max_abs_diff, std::sqrt(e.sum_sq_diff / e.sum_sq_ref), 100 * e_top1, gpu_ppl,
+                  emulated_ppl, 100 * (gpu_ppl / emulated_ppl - 1));
+      result[mode]["vs_emulation"] = {{"max_abs_logit_diff", e.max_abs_diff},
+                                      {"relative_rms", std::sqrt(e.sum_sq_diff / e.sum_sq_ref)},
+                                      {"top1_agreement", e_top1}, {"ppl_relative_gap", gpu_ppl / emulated_ppl - 1}};
+    }
   }
   result["graph_replays"] = engine.graph_replays();
   if (const auto it = f.find("out"); it != f.end()) std::ofstream(it->second) << result.dump(1) << "\n";
@@ -294,7 +327,8 @@ int main(int argc, char** argv) {
     if (mode == "gpu") return fireq::run_gpu(fireq::flags(argc, argv));
     if (mode == "emulate") return fireq::run_emulation(fireq::flags(argc, argv));
     std::fprintf(stderr, "usage: fireq_e2e_check reference --checkpoint DIR --out REF [--layers 0-7,26-29] [--windows 4] "
-                         "[--window 512] [--text FILE]\n       fireq_e2e_check gpu --reference REF [--out FILE.json]\n");
+                         "[--window 512] [--text FILE]\n       fireq_e2e_check emulate --reference REF [--tokens N] [--save]\n"
+                         "       fireq_e2e_check gpu --reference REF [--out FILE.json]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fireq_e2e_check: %s\n", e.what());

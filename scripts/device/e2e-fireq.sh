@@ -14,12 +14,13 @@
 #     fireq_e2e_check reference --checkpoint SMOLLM2_FIREQ --layers 0-29 --windows 2 --out ref
 #   (tar -C DIR -cJf build-gpu/e2e-fireq.tar.xz bin ref; binaries xz to ~6 MB, the checkpoint to ~46 MB)
 #
-#   E2E_PARTS=tests,sanitizer,realmodel,bench,bf16,extra,peers (default: all)
+#   (bin/kernels_gemm_gpu_test too for the kernels part; bin/runtime_cuda_engine_test is optional)
+#   E2E_PARTS=tests,kernels,sanitizer,realmodel,bench,bf16,extra,peers (default: all)
 #   E2E_BENCH_ARGS: extra flags for the Llama-3-8B benches
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/e2e-out}
-parts=${E2E_PARTS:-tests,sanitizer,realmodel,bench,bf16,extra,peers}
+parts=${E2E_PARTS:-tests,kernels,sanitizer,realmodel,bench,bf16,extra,peers}
 mkdir -p "$out" /tmp/devlibs /tmp/e2e
 tar -C /tmp -xJf build-gpu/devlibs.tar.xz
 tar -C /tmp/e2e -xJf build-gpu/e2e-fireq.tar.xz
@@ -34,10 +35,22 @@ if has tests; then
   echo "== GPU tests (FireQ path, then BF16 path)"
   $bin/runtime_cuda_fireq_test > /tmp/e2e/fireq_test.log 2>&1
   echo "fireq tests exit $?"
-  $bin/runtime_cuda_engine_test > /tmp/e2e/bf16_test.log 2>&1
-  echo "bf16 tests exit $?"
+  if [[ -x $bin/runtime_cuda_engine_test ]]; then
+    $bin/runtime_cuda_engine_test > /tmp/e2e/bf16_test.log 2>&1
+    echo "bf16 tests exit $?"
+  fi
+  touch /tmp/e2e/bf16_test.log
   cat /tmp/e2e/fireq_test.log /tmp/e2e/bf16_test.log >> "$out/tests.log"
   cat "$out/tests.log" | grep -E "^\[  |^\[correctness|Failure|Expected|Which|actual|error" | grep -v "^\[       OK\|^\[ RUN" | head -60
+fi
+if has kernels; then
+  echo "== the row kernels the FireQ path calls between GEMMs (RMSNorm -> FP8, per-token FP8) vs their reference"
+  $bin/kernels_gemm_gpu_test --gtest_filter='*RmsNorm*' > /tmp/e2e/kernels.log 2>&1
+  echo "row-kernel tests exit $?"
+  compute-sanitizer --tool memcheck --error-exitcode 9 $bin/kernels_gemm_gpu_test --gtest_filter='*RmsNorm*' \
+    >> /tmp/e2e/kernels.log 2>&1
+  echo "row-kernel memcheck exit $?"
+  grep -E "^\[  |Failure|ERROR SUMMARY" /tmp/e2e/kernels.log | head -20; cat /tmp/e2e/kernels.log >> "$out/tests.log"
 fi
 if has sanitizer; then
   echo "== compute-sanitizer memcheck (FireQ: batched prefill, graph decode, chunked prefill mixed with decode)"

@@ -275,8 +275,10 @@ TEST(GemmGpu, DecodeKernelEveryTokenTileAndSplit) {
 TEST(GemmGpu, RmsNormFp8MatchesReference) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(std::random_device{}());
-  for (const int k : {576, 4096, 8192}) {
-    const int m = 67;
+  // 576..8192: the register-resident kernel; 1004, 14336 and 28672: the three-pass kernel (not whole
+  // 16-byte vectors; longer than the registers hold).
+  for (const int k : {576, 4096, 8192, 1004, 14336, 28672}) {
+    const int m = k > 16384 ? 5 : 67;
     std::vector<uint16_t> x(static_cast<size_t>(m) * k), gamma(k);
     std::normal_distribution<float> normal(0.0f, 3.0f);
     for (auto& v : x) v = bf16_from_float(normal(rng));
@@ -304,9 +306,11 @@ TEST(GemmGpu, RmsNormFp8MatchesReference) {
           if (codes[at] == want.values[at]) continue;
           ++differing;
           EXPECT_TRUE(with_norm) << "plain FP8 quantization must be bit-exact";
-          EXPECT_NEAR(fp8_e4m3_to_float(codes[at]), fp8_e4m3_to_float(want.values[at]),
-                      std::fabs(fp8_e4m3_to_float(want.values[at])) * 0.0625f + 1.0f / 256)
-              << "row " << r << " col " << i;
+          // inv_rms may differ in its last bit, which moves a value sitting on a rounding boundary to
+          // the neighbouring e4m3 code (up to 1/8 relative): same sign, magnitude code +-1.
+          const int got_magnitude = codes[at] & 0x7F, want_magnitude = want.values[at] & 0x7F;
+          EXPECT_TRUE((codes[at] & 0x80) == (want.values[at] & 0x80) && std::abs(got_magnitude - want_magnitude) <= 1)
+              << "row " << r << " col " << i << ": code " << int{codes[at]} << ", reference " << int{want.values[at]};
         }
       }
       EXPECT_LE(differing, codes.size() / 100) << "K=" << k;
