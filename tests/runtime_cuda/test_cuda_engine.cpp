@@ -15,6 +15,7 @@
 #include "fireq/error.h"
 #include "fireq/numerics.h"
 #include "fireq/sampling.h"
+#include "test_models.h"
 
 namespace fireq {
 namespace {
@@ -22,90 +23,15 @@ namespace {
 #define SKIP_WITHOUT_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
 
-LlamaConfig llama3_8b() {
-  LlamaConfig c;
-  c.hidden_size = 4096;
-  c.intermediate_size = 14336;
-  c.num_hidden_layers = 32;
-  c.num_attention_heads = 32;
-  c.num_key_value_heads = 8;
-  c.head_dim = 128;
-  c.vocab_size = 128256;
-  c.max_position_embeddings = 8192;
-  return c;
-}
+LlamaConfig llama3_8b() { return testing::llama3_shape(false); }
 
-// SmolLM2-135M's shapes (fewer layers), or a Llama-3-like small model (GQA 4, head_dim 128,
-// llama3 RoPE scaling, untied lm_head).
-LlamaConfig small_config(bool llama3_like) {
-  LlamaConfig c;
-  if (llama3_like) {
-    c.hidden_size = 512;
-    c.intermediate_size = 1024;
-    c.num_attention_heads = 8;
-    c.num_key_value_heads = 2;
-    c.head_dim = 128;
-    c.vocab_size = 5000;
-    c.rope_theta = 500000.0;
-    c.rope_scaling = {.enabled = true, .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
-                      .original_max_position_embeddings = 256};
-  } else {
-    c.hidden_size = 576;
-    c.intermediate_size = 1536;
-    c.num_attention_heads = 9;
-    c.num_key_value_heads = 3;
-    c.head_dim = 64;
-    c.vocab_size = 49152;
-    c.rope_theta = 100000.0;
-    c.tie_word_embeddings = true;
-  }
-  c.num_hidden_layers = 3;
-  c.max_position_embeddings = 1024;
-  c.rms_norm_eps = 1e-5;
-  return c;
-}
+// SmolLM2-135M's shapes (three layers, its whole vocabulary), or a Llama-3-like small model.
+LlamaConfig small_config(bool llama3_like) { return testing::small_config(llama3_like, 3, llama3_like ? 5000 : 49152); }
 
-FloatTensor bf16_tensor(std::vector<int64_t> shape, double center, double spread, std::mt19937& rng) {
-  FloatTensor t;
-  t.shape = std::move(shape);
-  std::uniform_real_distribution<double> u(-spread, spread);
-  t.data.resize(t.numel());
-  for (float& x : t.data) x = round_to_bf16(static_cast<float>(center + u(rng)));
-  return t;
-}
+// Weights already on the BF16 grid.
+LlamaWeights random_model(const LlamaConfig& c, uint32_t seed) { return testing::random_llama_weights(c, seed, true); }
 
-LlamaWeights random_model(const LlamaConfig& c, uint32_t seed) {
-  std::mt19937 rng(seed);
-  LlamaWeights w;
-  w.config = c;
-  const int64_t h = c.hidden_size, i = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
-  auto linear = [&](int64_t out, int64_t in) { return bf16_tensor({out, in}, 0, 1.7 / std::sqrt(in), rng); };
-  w.tok_embeddings = bf16_tensor({c.vocab_size, h}, 0, 1.0, rng);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    LlamaLayerWeights L;
-    L.attn_norm = bf16_tensor({h}, 1.0, 0.3, rng);
-    L.wq = linear(q, h);
-    L.wk = linear(kv, h);
-    L.wv = linear(kv, h);
-    L.wo = linear(h, q);
-    L.ffn_norm = bf16_tensor({h}, 1.0, 0.3, rng);
-    L.w_gate = linear(i, h);
-    L.w_up = linear(i, h);
-    L.w_down = linear(h, i);
-    w.layers.push_back(std::move(L));
-  }
-  w.final_norm = bf16_tensor({h}, 1.0, 0.3, rng);
-  if (!c.tie_word_embeddings) w.lm_head = linear(c.vocab_size, h);
-  return w;
-}
-
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = u(rng);
-  return t;
-}
+using testing::random_tokens;
 
 struct Agreement {
   double max_abs_diff = 0, max_abs_ref = 0;

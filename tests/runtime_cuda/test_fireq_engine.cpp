@@ -22,6 +22,7 @@
 #include "fireq/error.h"
 #include "fireq/numerics.h"
 #include "fireq/quant.h"
+#include "test_models.h"
 
 namespace fireq {
 namespace {
@@ -31,92 +32,18 @@ namespace {
 
 constexpr int64_t kGiB = int64_t{1} << 30;
 
-LlamaConfig llama3_shape(bool seventy_b) {
-  LlamaConfig c;
-  c.hidden_size = seventy_b ? 8192 : 4096;
-  c.intermediate_size = seventy_b ? 28672 : 14336;
-  c.num_hidden_layers = seventy_b ? 80 : 32;
-  c.num_attention_heads = seventy_b ? 64 : 32;
-  c.num_key_value_heads = 8;
-  c.head_dim = 128;
-  c.vocab_size = 128256;
-  c.max_position_embeddings = 8192;
-  return c;
-}
+using testing::llama3_shape;
+using testing::random_tokens;
 
-// Two layers of SmolLM2's shapes (GQA 3, head_dim 64, tied embeddings), or of a Llama-3-like model
-// (GQA 4, head_dim 128, llama3 RoPE scaling, untied lm_head); small vocabularies.
-LlamaConfig small_config(bool llama3_like) {
-  LlamaConfig c;
-  if (llama3_like) {
-    c.hidden_size = 512;
-    c.intermediate_size = 1024;
-    c.num_attention_heads = 8;
-    c.num_key_value_heads = 2;
-    c.head_dim = 128;
-    c.vocab_size = 3000;
-    c.rope_theta = 500000.0;
-    c.rope_scaling = {.enabled = true, .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
-                      .original_max_position_embeddings = 256};
-  } else {
-    c.hidden_size = 576;
-    c.intermediate_size = 1536;
-    c.num_attention_heads = 9;
-    c.num_key_value_heads = 3;
-    c.head_dim = 64;
-    c.vocab_size = 2500;
-    c.rope_theta = 100000.0;
-    c.tie_word_embeddings = true;
-  }
-  c.num_hidden_layers = 2;
-  c.max_position_embeddings = 1024;
-  c.rms_norm_eps = 1e-5;
-  return c;
-}
-
-FloatTensor random_tensor(std::vector<int64_t> shape, double center, double spread, std::mt19937& rng) {
-  FloatTensor t;
-  t.shape = std::move(shape);
-  std::uniform_real_distribution<double> u(-spread, spread);
-  t.data.resize(t.numel());
-  for (float& x : t.data) x = static_cast<float>(center + u(rng));
-  return t;
-}
-
-std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = u(rng);
-  return t;
-}
+// Two layers of SmolLM2's shapes or of a Llama-3-like model; small vocabularies.
+LlamaConfig small_config(bool llama3_like) { return testing::small_config(llama3_like, 2, llama3_like ? 3000 : 2500); }
 
 // A random float model quantized with the fireq-smollm2 recipe (group 64, FP8 activations and
 // queries, INT4 KV with BF16 scales, smoothing, pre- and post-RoPE scaling calibrated on random
 // tokens); group 128 pads SmolLM2's K = 576 to 640 (zero_pad).
 QuantizedModel quantized_model(const LlamaConfig& c, uint32_t seed, const std::vector<int>& skip_layers = {},
                                int group_size = 64) {
-  std::mt19937 rng(seed);
-  LlamaWeights w;
-  w.config = c;
-  const int64_t h = c.hidden_size, i = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
-  auto linear = [&](int64_t out, int64_t in) { return random_tensor({out, in}, 0, 1.7 / std::sqrt(in), rng); };
-  w.tok_embeddings = random_tensor({c.vocab_size, h}, 0, 1.0, rng);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    LlamaLayerWeights L;
-    L.attn_norm = random_tensor({h}, 1.0, 0.3, rng);
-    L.wq = linear(q, h);
-    L.wk = linear(kv, h);
-    L.wv = linear(kv, h);
-    L.wo = linear(h, q);
-    L.ffn_norm = random_tensor({h}, 1.0, 0.3, rng);
-    L.w_gate = linear(i, h);
-    L.w_up = linear(i, h);
-    L.w_down = linear(h, i);
-    w.layers.push_back(std::move(L));
-  }
-  w.final_norm = random_tensor({h}, 1.0, 0.3, rng);
-  if (!c.tie_word_embeddings) w.lm_head = linear(c.vocab_size, h);
+  const LlamaWeights w = testing::random_llama_weights(c, seed, false);
   QuantRecipe recipe = load_recipe("fireq-smollm2");
   recipe.calib_samples = 2;
   recipe.calib_seq_len = 64;
