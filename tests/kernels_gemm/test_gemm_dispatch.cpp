@@ -28,12 +28,21 @@ void expect_valid_wgmma(const GemmConfig& c, int m, const int (&s)[3]) {
   EXPECT_EQ(c.grid, std::min(132, c.work_items));
 }
 
+TEST(GemmDispatch, DecodeReachFollowsTheMeasurement) {
+  EXPECT_EQ(decode_dispatch_max_m(6144, 4096), 32) << "Llama-3-8B q|k|v: the decode kernel won at M = 32";
+  EXPECT_EQ(decode_dispatch_max_m(12288, 4096), 8) << "Llama-2-7B q|k|v: the wgmma kernel won at M = 16";
+  EXPECT_EQ(decode_dispatch_max_m(28672, 4096), kDecodeDispatchMaxM) << "unlisted shapes keep the default";
+  EXPECT_EQ(choose_gemm_config(32, 6144, 4096, 128, 132, true).kernel, GemmKernel::kDecodeMma);
+  EXPECT_EQ(choose_gemm_config(16, 12288, 4096, 128, 132, true).kernel, GemmKernel::kWgmma);
+  EXPECT_EQ(choose_gemm_config(32, 28672, 4096, 128, 132, true).kernel, GemmKernel::kWgmma);
+}
+
 TEST(GemmDispatch, ConfigurationsCoverTheProblem) {
   for (const auto& s : kShapes)
-    for (const int m : {1, 4, 16, 17, 64, 65, 256, 257, 1024, 16384}) {
+    for (const int m : {1, 4, 9, 16, 17, 32, 33, 64, 65, 256, 257, 1024, 16384}) {
       const GemmConfig c = choose_gemm_config(m, s[0], s[1], s[2], 132, true);
       const int groups = s[1] / s[2];
-      if (m <= kDecodeDispatchMaxM) {
+      if (m <= decode_dispatch_max_m(s[0], s[1])) {
         EXPECT_EQ(c.kernel, GemmKernel::kDecodeMma) << "M=" << m << " N=" << s[0];
         EXPECT_TRUE(c.token_tile == 8 || c.token_tile == 16 || c.token_tile == 32 || c.token_tile == 64);
         EXPECT_GE(c.token_tile, m);

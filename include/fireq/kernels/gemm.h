@@ -67,9 +67,11 @@ size_t splitk_counter_count(int max_m, int n);
 //    CTA per (tile pair, K split).
 enum class GemmKernel { kWgmma, kDecodeMma };
 constexpr int kDecodeMaxM = 64;
-// The dispatch sends only M <= kDecodeDispatchMaxM to the decode kernel (measured on H100, see
+// The dispatch sends M <= decode_dispatch_max_m(N, K) to the decode kernel: kDecodeDispatchMaxM, or
+// for the shapes where the H100 measurement said otherwise a measured bound (dispatch.cpp; see
 // docs/kernels/GEMM.md "Dispatch table").
 constexpr int kDecodeDispatchMaxM = 16;
+int decode_dispatch_max_m(int n, int k);
 // The decode kernel's weight ring: kDecodeStages stages of two 64-wide K blocks of a tile pair (one
 // record of group 128 or two of group 64), filled by bulk copies. Its X staging: rounds of
 // kDecodeRoundBlocks blocks, each token's round in FP16 padded by 16 bytes (rows 16 bytes apart
@@ -98,7 +100,7 @@ struct GemmConfig {
   GemmKernel kernel = GemmKernel::kWgmma;
 };
 
-// The dispatch table (dispatch.cpp): M <= kDecodeDispatchMaxM runs the decode kernel, else the
+// The dispatch table (dispatch.cpp): M <= decode_dispatch_max_m(N, K) runs the decode kernel, else the
 // wgmma kernel with a token tile by M; split-K so that the weight stream covers the SMs.
 // workspace_ok says whether the split-K workspace is large enough for this M.
 GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok);

@@ -48,12 +48,31 @@ GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool
   return c;
 }
 
+// Shapes whose measured crossover between the two kernels is not kDecodeDispatchMaxM: H100,
+// bench/results/gemm-decode-h100-2026-11-25-v8.md (forced ours_decode vs ours_wgmma rows, same call).
+struct DecodeReach {
+  int n, k, max_m;
+};
+constexpr DecodeReach kMeasuredDecodeReach[] = {
+    {6144, 4096, 32},   // Llama-3-8B q|k|v, M = 32: 23.8 us decode vs 28.8 us wgmma
+    {4096, 4096, 32},   // Llama-3-8B / Llama-2-7B o_proj, M = 32: 18.3 vs 24.8
+    {22016, 4096, 32},  // Llama-2-7B gate|up, M = 32: 53.8 vs 91.9
+    {4096, 11008, 32},  // Llama-2-7B down, M = 32: 28.4 vs 32.4
+    {12288, 4096, 8},   // Llama-2-7B q|k|v, M = 16: 27.2 vs 17.8
+};
+
 }  // namespace
+
+int decode_dispatch_max_m(int n, int k) {
+  for (const DecodeReach& r : kMeasuredDecodeReach)
+    if (r.n == n && r.k == k) return r.max_m;
+  return kDecodeDispatchMaxM;
+}
 
 GemmConfig choose_gemm_config(int m, int n, int k, int group_size, int sm_count, bool workspace_ok) {
   if (m <= 0 || n <= 0 || k <= 0 || group_size <= 0 || sm_count <= 0)
     fail("choose_gemm_config: bad shape M=", m, " N=", n, " K=", k, " group=", group_size);
-  if (m <= kDecodeDispatchMaxM) return decode_config(m, n, k, group_size, sm_count, workspace_ok);
+  if (m <= decode_dispatch_max_m(n, k)) return decode_config(m, n, k, group_size, sm_count, workspace_ok);
   return choose_wgmma_config(m, n, k, group_size, sm_count, workspace_ok);
 }
 
