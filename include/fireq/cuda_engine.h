@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <span>
 #include <string>
@@ -120,8 +121,8 @@ class CudaEngine final : public Engine, public BatchEngine {
   CudaEngine(const LlamaWeights& weights, const CudaEngineOptions& options = {});
   // The FireQ path over a FireQ checkpoint: the linears are converted to the GEMM's kernel layout
   // on the GPU (q|k|v stacked, gate|up interleaved). Fails, naming the tensor or recipe field, for
-  // what the kernels do not run: skipped (BF16) layers, biases, BF16 weight scales, K padded to the
-  // group, activations, queries or KV cache not quantized.
+  // what the kernels do not run: skipped (BF16) layers, biases, BF16 weight scales, activations,
+  // queries or KV cache not quantized.
   explicit CudaEngine(const QuantizedModel& model, const CudaEngineOptions& options = {});
   // Weights drawn on the GPU: uniform in +-sqrt(3)*std with std 0.02 (norms around 1), seeded;
   // for the FireQ format, INT4 codes uniform in [-7, 7] with group scales of the same std, drawn in
@@ -194,6 +195,12 @@ class CudaEngine final : public Engine, public BatchEngine {
 std::vector<float> fireq_path_reference_logits(const QuantizedModel& model, std::span<const int32_t> tokens);
 
 // ----- Serving: generation requests over a BatchEngine -----
+
+// The engine for a checkpoint on the GPU, as `fireq generate/ppl --device cuda` and the Python
+// module open it: the FireQ path for a FireQ checkpoint (read again from `path` in its own format),
+// else the BF16 path over `float_weights`. Fails with a clear message when no GPU is present.
+std::unique_ptr<CudaEngine> open_cuda_engine(const std::filesystem::path& path, const LlamaWeights& float_weights,
+                                             const CudaEngineOptions& options);
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;

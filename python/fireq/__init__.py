@@ -58,18 +58,27 @@ def dequantize_int4(packed, scales, group: int = 128) -> np.ndarray:
 # Models
 
 class Model:
-    """A model on the CPU reference engine: a GGUF file, a Hugging Face checkpoint directory, or a
-    FireQ checkpoint (run with the GPU kernels' quantized numerics simulated, as ``fireq ppl``).
+    """A model: a GGUF file, a Hugging Face checkpoint directory, or a FireQ checkpoint.
+
+    ``device="cpu"`` runs the CPU reference engine (a FireQ checkpoint with the GPU kernels'
+    quantized numerics simulated, as ``fireq ppl``); ``device="cuda"`` runs the CUDA engine (a
+    FireQ checkpoint on the FireQ kernels: INT4 weights and KV cache, FP8 activations; anything
+    else on its BF16 path), as ``--device cuda``.
 
     One sequence at a time: ``logits`` and ``perplexity`` start from an empty KV cache, and a
     generation in progress is invalidated by any other call on the same model.
     """
 
-    def __init__(self, path: "os.PathLike[str] | str", max_context: int = 0):
+    def __init__(self, path: "os.PathLike[str] | str", max_context: int = 0, device: str = "cpu"):
         """``max_context``: the longest sequence (tokens); 0 uses the model's
-        max_position_embeddings (the KV cache is allocated for it)."""
+        max_position_embeddings (the KV cache is allocated for it). ``device``: "cpu" or "cuda"."""
         self.path = _path(path)
-        self._model = _fireq.Model(self.path, max_context)
+        self._model = _fireq.Model(self.path, max_context, device)
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda": the engine this model runs on."""
+        return self._model.device
 
     @property
     def tokenizer(self) -> Tokenizer:

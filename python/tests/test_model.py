@@ -82,3 +82,19 @@ def test_bad_input(real_model, tmp_path):
     broken.write_bytes(b"GGUF" + bytes(np.random.default_rng().integers(0, 256, 60, dtype=np.uint8)))
     with pytest.raises(fireq.Error, match="broken.gguf"):
         fireq.Model(broken)
+
+
+def test_device_choice(real_model_path):
+    """device="cuda" opens the CUDA engine where a GPU is present and refuses clearly where not."""
+    assert fireq.Model(real_model_path, max_context=64).device == "cpu"
+    with pytest.raises(fireq.Error, match="'tpu' is not a device"):
+        fireq.Model(real_model_path, max_context=64, device="tpu")
+    try:
+        gpu = fireq.Model(real_model_path, max_context=512, device="cuda")
+    except fireq.Error as e:
+        assert "none is present" in str(e) or "has no CUDA" in str(e), str(e)
+        pytest.skip(f"no CUDA engine here: {e}")
+    assert gpu.device == "cuda"
+    ids = gpu.tokenizer.encode(PROMPT)
+    assert gpu.tokenizer.decode([int(gpu.logits(ids)[-1].argmax())]) == " Paris"
+    assert gpu.generate(PROMPT, max_new_tokens=3).startswith(" Paris")

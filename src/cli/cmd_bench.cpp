@@ -29,11 +29,9 @@ std::unique_ptr<Engine> device_engine(const std::string& device, const std::stri
   if (device != "cuda") fail("--device: '", device, "' is not a device (cpu, cuda)");
 #ifdef FIREQ_HAVE_CUDA_RUNTIME
   if (cuda_device_count() == 0) fail("--device cuda: no CUDA GPU is present");
-  const CudaEngineOptions options{.max_context = max_context, .max_step_tokens = max_step_tokens,
-                                  .max_sequences = 1, .max_logit_rows = max_step_tokens};
-  // A FireQ checkpoint runs the FireQ path (its INT4 linears converted at load), anything else BF16.
-  if (is_fireq_checkpoint(model_path)) return std::make_unique<CudaEngine>(load_quantized_checkpoint(model_path), options);
-  return std::make_unique<CudaEngine>(weights, options);
+  return open_cuda_engine(model_path, weights,
+                          {.max_context = max_context, .max_step_tokens = max_step_tokens, .max_sequences = 1,
+                           .max_logit_rows = max_step_tokens});
 #else
   fail("--device cuda: this build has no CUDA (nvcc was not found)");
 #endif

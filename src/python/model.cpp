@@ -1,12 +1,16 @@
 // fireq.Tokenizer and fireq.Model: a GGUF / Hugging Face / FireQ checkpoint on the CPU reference
-// engine (FireQ checkpoints with the GPU kernels' numerics simulated, as `fireq ppl` runs them),
-// with logits, streaming generation and perplexity. Long calls release the GIL; one mutex per
-// model keeps Python threads from running its single KV cache concurrently.
+// engine (FireQ checkpoints with the GPU kernels' numerics simulated, as `fireq ppl` runs them) or
+// on the CUDA engine (device "cuda": the FireQ path's kernels for a FireQ checkpoint, else the BF16
+// path, as `--device cuda` runs them), with logits, streaming generation and perplexity. Long calls
+// release the GIL; one mutex per model keeps Python threads from running its single KV cache
+// concurrently.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -19,6 +23,9 @@
 
 #include "bindings.h"
 #include "fireq/engine.h"
+#ifdef FIREQ_HAVE_CUDA_RUNTIME
+#include "fireq/cuda_engine.h"
+#endif
 #include "fireq/error.h"
 #include "fireq/quant.h"
 #include "fireq/sampling.h"
@@ -42,15 +49,34 @@ std::shared_ptr<const Tokenizer> load_shared_tokenizer(const fs::path& path) {
   return std::shared_ptr<const Tokenizer>(load_tokenizer(path));
 }
 
+// The longest step the CUDA engine is planned for; Model.logits feeds longer inputs in steps of
+// this size (the KV cache carries over between them).
+constexpr int kGpuStepTokens = 2048;
+
+std::unique_ptr<Engine> open_device_engine(const std::string& device, const fs::path& path,
+                                           const LlamaWeights& weights, int max_context) {
+  if (device == "cpu") return nullptr;
+  if (device != "cuda") fail("Model: device '", device, "' is not a device (cpu, cuda)");
+#ifdef FIREQ_HAVE_CUDA_RUNTIME
+  return open_cuda_engine(path, weights,
+                          {.max_context = max_context, .max_step_tokens = kGpuStepTokens, .max_sequences = 1,
+                           .max_logit_rows = kGpuStepTokens, .print_plan = false});
+#else
+  fail("Model: device 'cuda': this build of fireq has no CUDA (nvcc was not found when it was built)");
+#endif
+}
+
 class Model {
  public:
-  Model(const fs::path& path, int max_context) : model_(path, max_context) {}
+  Model(const fs::path& path, int max_context, const std::string& device)
+      : model_(path, max_context), gpu_(open_device_engine(device, path, model_.weights(), max_context)) {}
 
   std::shared_ptr<const Tokenizer> tokenizer() {
     if (!tokenizer_) tokenizer_ = load_shared_tokenizer(model_.tokenizer_path());
     return tokenizer_;
   }
-  CpuEngine& engine() { return model_.engine(); }
+  Engine& engine() { return gpu_ ? *gpu_ : static_cast<Engine&>(model_.engine()); }
+  std::string device() const { return gpu_ ? "cuda" : "cpu"; }
   std::mutex& mutex() { return mutex_; }
   const LlamaWeights& weights() const { return model_.weights(); }
 
@@ -61,7 +87,12 @@ class Model {
       nb::gil_scoped_release unlocked;
       std::lock_guard lock(mutex_);
       engine().reset();
-      all = engine().forward(ids, LogitsFor::kAll);
+      for (size_t start = 0; start < ids.size(); start += kGpuStepTokens) {
+        const std::span<const int32_t> step =
+            std::span(ids).subspan(start, std::min<size_t>(kGpuStepTokens, ids.size() - start));
+        const std::vector<float> logits = engine().forward(step, LogitsFor::kAll);
+        all.insert(all.end(), logits.begin(), logits.end());
+      }
     }
     return to_numpy(std::move(all), {ids.size(), static_cast<size_t>(weights().config.vocab_size)});
   }
@@ -85,6 +116,7 @@ class Model {
 
  private:
   EvaluationModel model_;
+  std::unique_ptr<Engine> gpu_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::mutex mutex_;
 };
@@ -135,7 +167,7 @@ class TextStream {
 
  private:
   std::span<const float> next_logits() {
-    CpuEngine& engine = model_.engine();
+    Engine& engine = model_.engine();
     if (tokens_.empty()) {
       engine.reset();
       logits_ = engine.forward(prompt_, LogitsFor::kLast);
@@ -198,11 +230,12 @@ void bind_model(nb::module_& m) {
 
   nb::class_<Model>(m, "Model")
       .def("__init__",
-           [](Model* self, const fs::path& path, int max_context) {
+           [](Model* self, const fs::path& path, int max_context, const std::string& device) {
              nb::gil_scoped_release unlocked;
-             new (self) Model(path, max_context);
+             new (self) Model(path, max_context, device);
            },
-           nb::arg("path"), nb::arg("max_context") = 0)
+           nb::arg("path"), nb::arg("max_context") = 0, nb::arg("device") = "cpu")
+      .def_prop_ro("device", &Model::device)
       .def_prop_ro("tokenizer", &Model::tokenizer)
       .def_prop_ro("config_json", [](const Model& m) { return llama_config_json(m.weights().config); })
       .def_prop_ro("source_description", [](const Model& m) { return m.weights().source_description; })

@@ -632,6 +632,13 @@ CudaEngine::CudaEngine(const QuantizedModel& model, const CudaEngineOptions& opt
   impl_->upload(model);
 }
 
+std::unique_ptr<CudaEngine> open_cuda_engine(const std::filesystem::path& path, const LlamaWeights& float_weights,
+                                             const CudaEngineOptions& options) {
+  if (cuda_device_count() == 0) fail(path.string(), ": the CUDA engine needs a CUDA GPU; none is present");
+  if (is_fireq_checkpoint(path)) return std::make_unique<CudaEngine>(load_quantized_checkpoint(path), options);
+  return std::make_unique<CudaEngine>(float_weights, options);
+}
+
 std::unique_ptr<CudaEngine> CudaEngine::with_random_weights(const LlamaConfig& config, uint64_t seed,
                                                             const CudaEngineOptions& options,
                                                             const CudaModelFormat& format) {
