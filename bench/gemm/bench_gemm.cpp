@@ -4,8 +4,9 @@
 // cuBLASLt FP8 at 8192^3). Writes one JSON object per line (bench/gemm/merge_results.py merges it
 // with the FBGEMM peers into bench/results/). --sweep times every tile/split configuration of the
 // wgmma kernel (split-K up to M = 256) and prints the best, --sweep-decode every split count of the decode
-// kernel (M <= 64), to regenerate the dispatch table. At M <= 64 the wgmma kernel is also timed
-// (variant ours_wgmma:bf16) beside the dispatched decode kernel.
+// kernel (M <= 64), to regenerate the dispatch table. At M <= 64 both kernels are also timed forced
+// (variants ours_wgmma:bf16, ours_decode:bf16), and the decode kernel's reach per shape is printed as
+// kMeasuredDecodeReach entries for dispatch.cpp.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -143,6 +145,26 @@ void print_row(FILE* f, const char* name, int m, int n, int k, const std::string
 
 }  // namespace
 
+// The decode kernel's reach per shape: the largest measured M up to which it beat the wgmma kernel at
+// every measured M. Shapes whose reach is not the default are printed as dispatch.cpp's
+// kMeasuredDecodeReach entries.
+template <size_t kShapes>
+void print_decode_reach(const Shape (&shapes)[kShapes],
+                        const std::map<std::string, std::map<int, std::pair<double, double>>>& forced_us) {
+  for (const Shape& s : shapes) {
+    const auto it = forced_us.find(s.name);
+    if (it == forced_us.end()) continue;
+    int reach = 0;
+    for (const auto& [m, us] : it->second) {
+      if (us.second >= us.first) break;
+      reach = m;
+    }
+    std::printf("decode reach %-10s M <= %-3d (default %d)%s", s.name, reach, kDecodeDispatchMaxM,
+                reach == kDecodeDispatchMaxM ? "\n" : ": kMeasuredDecodeReach entry ");
+    if (reach != kDecodeDispatchMaxM) std::printf("{%d, %d, %d},\n", s.n, s.k, reach);
+  }
+}
+
 int main(int argc, char** argv) {
   try {
     std::string out_path = "bench_gemm.jsonl";
@@ -192,6 +214,7 @@ int main(int argc, char** argv) {
                             {"l2_qkv", 12288, 4096, Epilogue::kBf16},         {"l2_gate_up", 22016, 4096, Epilogue::kSwiGlu},
                             {"l2_down", 4096, 11008, Epilogue::kResidualAdd}};
     const int max_m = *std::max_element(ms.begin(), ms.end());
+    std::map<std::string, std::map<int, std::pair<double, double>>> forced_us;  // shape -> M -> (wgmma, decode)
     for (const Shape& s : shapes) {
       if (!only_shape.empty() && only_shape != s.name) continue;
       const size_t int4_bytes = size_t{1} * s.n * s.k / 2;
@@ -270,6 +293,7 @@ int main(int argc, char** argv) {
             const double us = time_us([&](int i) { gemm_w4a8(args, prepared[i % nb_int4], ws, g_stream, &c); }, reps);
             print_row(f, s.name, m, s.n, s.k, decode ? "ours_decode:bf16" : "ours_wgmma:bf16", us, io_bytes + 2.0 * m * s.n,
                       fp8_us, bf16_us);
+            (decode ? forced_us[s.name][m].second : forced_us[s.name][m].first) = us;
             std::printf("%-10s M=%-5d bf16      %s %8.2f us  x%.2f vs fp8  [tile %d split %d]\n", s.name, m,
                         decode ? "decode" : "wgmma", us, fp8_us / us, c.token_tile, c.splits);
           }
@@ -324,6 +348,7 @@ int main(int argc, char** argv) {
         }
       }
     }
+    print_decode_reach(shapes, forced_us);
     for (const int m : ms) {
       const int k = 4096;
       DeviceBuffer<uint16_t> h(size_t{1} * m * k), gamma(k);

@@ -50,6 +50,7 @@ GemmConfig decode_config(int m, int n, int k, int group_size, int sm_count, bool
 
 // Shapes whose measured crossover between the two kernels is not kDecodeDispatchMaxM: H100,
 // bench/results/gemm-decode-h100-2026-11-25-v8.md (forced ours_decode vs ours_wgmma rows, same call).
+// bench_gemm prints these entries from its forced rows ("decode reach" lines) to regenerate them.
 struct DecodeReach {
   int n, k, max_m;
 };
