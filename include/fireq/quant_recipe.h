@@ -27,6 +27,13 @@ enum class TensorScaleFloor {
   kNormal,     // sigma inside e4m3's subnormal range too (group absmax < 7 * 2^-6)
 };
 
+// How each INT4 group's scale is chosen.
+enum class GroupScaleSearch {
+  kAbsmax,  // published: sigma = group absmax / 7, rounded to the scale dtype
+  kMse,     // among that scale and the representable scales just below it, the one with the least
+            // squared error of the group's weights (clipping the largest ones to round the rest better)
+};
+
 enum class ActivationDType {
   kFp8E4M3PerToken,  // dynamic FP8, one BF16 scale per token (W4A8)
   kBf16,             // BF16 activations (W4A16)
@@ -52,6 +59,7 @@ struct QuantRecipe {
   KRemainder k_remainder = KRemainder::kRefuse;
   bool per_tensor_scale = false;  // search s_t = 2^0..2^14 against FP8 group-scale underflow
   TensorScaleFloor tensor_scale_floor = TensorScaleFloor::kSubnormal;
+  GroupScaleSearch group_scale_search = GroupScaleSearch::kAbsmax;
   ActivationDType activations = ActivationDType::kBf16;
 
   SmoothingPair smooth_qkv, smooth_o, smooth_gate_up, smooth_down;

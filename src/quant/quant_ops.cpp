@@ -65,6 +65,41 @@ void require_finite(const std::vector<double>& values, const std::string& name) 
     if (!std::isfinite(values[i])) fail("tensor ", name, ": non-finite value ", values[i], " at element ", i);
 }
 
+double group_squared_error(const std::vector<float>& w, float sigma) {
+  double error = 0;
+  for (const float v : w) {
+    const double d = static_cast<double>(v) - static_cast<double>(sigma) * int4_quantize(v, sigma);
+    error += d * d;
+  }
+  return error;
+}
+
+// Scale-search candidates below absmax / 7: four FP8 codes (an e4m3 step is 1/16 to 1/8 of the
+// value, so down to ~0.7x) or BF16 scales at 0.96, 0.92, ..., 0.80 of it.
+constexpr int kSearchSteps = 5;
+
+uint8_t search_fp8_scale(const std::vector<float>& w, uint8_t absmax_code) {
+  uint8_t best = absmax_code;
+  double best_error = group_squared_error(w, fp8_e4m3_to_float(absmax_code));
+  for (int step = 1; step < kSearchSteps && absmax_code - step >= 1; ++step) {
+    const auto code = static_cast<uint8_t>(absmax_code - step);  // positive e4m3 codes ascend with value
+    const double error = group_squared_error(w, fp8_e4m3_to_float(code));
+    if (error < best_error) best = code, best_error = error;
+  }
+  return best;
+}
+
+uint16_t search_bf16_scale(const std::vector<float>& w, float absmax_scale) {
+  uint16_t best = bf16_from_float(absmax_scale);
+  double best_error = group_squared_error(w, bf16_to_float(best));
+  for (int step = 1; step < kSearchSteps + 1; ++step) {
+    const uint16_t bits = bf16_from_float(std::max(absmax_scale * (1.0f - 0.04f * step), kFp8E4M3MinSubnormal));
+    const double error = group_squared_error(w, bf16_to_float(bits));
+    if (error < best_error) best = bits, best_error = error;
+  }
+  return best;
+}
+
 }  // namespace
 
 Int4Linear quantize_int4_linear(const Matrix64& weight, const std::vector<double>* bias,
@@ -117,14 +152,17 @@ Int4Linear quantize_int4_linear(const Matrix64& weight, const std::vector<double
         w[j] = std::clamp(v, -kFp8E4M3Max, kFp8E4M3Max);
         absmax = std::max(absmax, std::fabs(w[j]));
       }
+      const bool search = recipe.group_scale_search == GroupScaleSearch::kMse;
       float sigma;
       if (out.scale_dtype == ScaleDType::kFp8E4M3) {
-        const uint8_t code = int4_group_scale_e4m3(absmax);
+        const uint8_t absmax_code = int4_group_scale_e4m3(absmax);
+        const uint8_t code = search ? search_fp8_scale(w, absmax_code) : absmax_code;
         out.scales_fp8[n * groups + grp] = code;
         sigma = fp8_e4m3_to_float(code);
       } else {
         // BF16 scales have no underflow problem; zero groups still get a valid, non-zero scale.
-        const uint16_t bits = bf16_from_float(std::max(absmax / 7.0f, kFp8E4M3MinSubnormal));
+        const float absmax_scale = std::max(absmax / 7.0f, kFp8E4M3MinSubnormal);
+        const uint16_t bits = search ? search_bf16_scale(w, absmax_scale) : bf16_from_float(absmax_scale);
         out.scales_bf16[n * groups + grp] = bits;
         sigma = bf16_to_float(bits);
       }

@@ -113,6 +113,8 @@ const std::initializer_list<std::pair<const char*, KRemainder>> kKRemainders = {
     {"refuse", KRemainder::kRefuse}, {"zero_pad", KRemainder::kZeroPad}};
 const std::initializer_list<std::pair<const char*, TensorScaleFloor>> kTensorScaleFloors = {
     {"subnormal", TensorScaleFloor::kSubnormal}, {"normal", TensorScaleFloor::kNormal}};
+const std::initializer_list<std::pair<const char*, GroupScaleSearch>> kGroupScaleSearches = {
+    {"absmax", GroupScaleSearch::kAbsmax}, {"mse", GroupScaleSearch::kMse}};
 const std::initializer_list<std::pair<const char*, ActivationDType>> kActivationDTypes = {
     {"fp8_e4m3", ActivationDType::kFp8E4M3PerToken}, {"bf16", ActivationDType::kBf16}};
 
@@ -153,6 +155,8 @@ void read_body(const YAML::Node& root, const std::string& source, QuantRecipe& r
                 .on("per_tensor_scale", [&](auto& n, auto& p) { r.per_tensor_scale = read_bool(n, p, s); })
                 .on("tensor_scale_floor",
                     [&](auto& n, auto& p) { r.tensor_scale_floor = read_enum(n, p, s, kTensorScaleFloors); })
+                .on("scale_search",
+                    [&](auto& n, auto& p) { r.group_scale_search = read_enum(n, p, s, kGroupScaleSearches); })
                 .read(node);
           })
       .on("activations",
@@ -310,7 +314,8 @@ std::string recipe_to_json(const QuantRecipe& r) {
                   {"scale_dtype", enum_name(r.weight_scale_dtype, kScaleDTypes)},
                   {"k_not_multiple_of_group", enum_name(r.k_remainder, kKRemainders)},
                   {"per_tensor_scale", r.per_tensor_scale},
-                  {"tensor_scale_floor", enum_name(r.tensor_scale_floor, kTensorScaleFloors)}};
+                  {"tensor_scale_floor", enum_name(r.tensor_scale_floor, kTensorScaleFloors)},
+                  {"scale_search", enum_name(r.group_scale_search, kGroupScaleSearches)}};
   j["activations"] = {{"dtype", enum_name(r.activations, kActivationDTypes)}};
   j["smoothing"] = {{"qkv", smoothing_json(r.smooth_qkv)},
                     {"o", smoothing_json(r.smooth_o)},

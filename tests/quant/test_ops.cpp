@@ -161,6 +161,43 @@ TEST(QuantInt4, DequantizedErrorIsWithinHalfAStepAndBf16ScalesWork) {
   }
 }
 
+TEST(QuantInt4, MseScaleSearchNeverRaisesAGroupsErrorAndLowersTheTotal) {
+  std::mt19937 rng(11);
+  // Heavy-tailed rows (a few large weights per group), where clipping them pays.
+  Matrix64 w = random_matrix(16, 512, 0.02, rng);
+  std::uniform_int_distribution<int> column(0, 511);
+  for (int64_t n = 0; n < 16; ++n)
+    for (int i = 0; i < 6; ++i) w.row(n)[column(rng)] *= 6.0;
+  for (const ScaleDType dtype : {ScaleDType::kFp8E4M3, ScaleDType::kBf16}) {
+    QuantRecipe r = w4_recipe(64, true);
+    r.weight_scale_dtype = dtype;
+    const Int4Linear absmax = quantize_int4_linear(w, nullptr, r, "t");
+    r.group_scale_search = GroupScaleSearch::kMse;
+    const Int4Linear mse = quantize_int4_linear(w, nullptr, r, "t");
+    ASSERT_EQ(mse.tensor_scale_exponent, absmax.tensor_scale_exponent);
+    const std::vector<float> a = absmax.dequantize(), b = mse.dequantize();
+    const double s_t = std::ldexp(1.0, absmax.tensor_scale_exponent);
+    double total_absmax = 0, total_mse = 0;
+    int smaller_scales = 0;
+    for (int64_t n = 0; n < 16; ++n)
+      for (int64_t g = 0; g < 512 / 64; ++g) {
+        double error_absmax = 0, error_mse = 0;
+        for (int64_t k = g * 64; k < (g + 1) * 64; ++k) {
+          const double x = w.row(n)[k] * s_t;
+          error_absmax += (a[n * 512 + k] - x) * (a[n * 512 + k] - x);
+          error_mse += (b[n * 512 + k] - x) * (b[n * 512 + k] - x);
+        }
+        EXPECT_LE(error_mse, error_absmax * (1 + 1e-9)) << "row " << n << " group " << g;
+        EXPECT_LE(mse.group_scale(n, g), absmax.group_scale(n, g)) << "the search only looks below absmax / 7";
+        smaller_scales += mse.group_scale(n, g) < absmax.group_scale(n, g);
+        total_absmax += error_absmax;
+        total_mse += error_mse;
+      }
+    EXPECT_GT(smaller_scales, 0);
+    EXPECT_LT(total_mse, 0.95 * total_absmax) << "clipping the outliers must pay on these rows";
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A float64 decoder layer, for checking that the transformations leave the outputs unchanged.
 LlamaConfig tiny_config() {

@@ -29,6 +29,7 @@ TEST(QuantRecipe, PresetsParseAndFireqDefaultHasThePublishedSettings) {
   EXPECT_EQ(r.group_size, 128);
   EXPECT_EQ(r.weight_scale_dtype, ScaleDType::kFp8E4M3);
   EXPECT_TRUE(r.per_tensor_scale);
+  EXPECT_EQ(r.group_scale_search, GroupScaleSearch::kAbsmax);
   EXPECT_EQ(r.activations, ActivationDType::kFp8E4M3PerToken);
   EXPECT_FALSE(r.smooth_qkv.enabled);
   EXPECT_FALSE(r.smooth_o.enabled);
@@ -66,6 +67,7 @@ TEST(QuantRecipe, YamlAndJsonRoundTripEveryField) {
   r.kv_scale_dtype = ScaleDType::kBf16;
   r.smooth_o = {true, 1, 0.25};
   r.tensor_scale_floor = TensorScaleFloor::kNormal;
+  r.group_scale_search = GroupScaleSearch::kMse;
   for (const std::string& text : {recipe_to_yaml(r), recipe_to_json(r)}) {
     const QuantRecipe back = parse_recipe(text, "round-trip");
     EXPECT_EQ(recipe_to_json(back), recipe_to_json(r)) << text;
@@ -97,6 +99,7 @@ TEST(QuantRecipe, OutOfRangeAndMistypedValuesAreRefusedWithTheKeyNamed) {
   expect_refused("name: x\nweights: {scale_dtype: fp16}\n", {"weights.scale_dtype", "fp16"});
   expect_refused("name: x\nweights: {k_not_multiple_of_group: truncate}\n", {"k_not_multiple_of_group"});
   expect_refused("name: x\nweights: {tensor_scale_floor: tiny}\n", {"weights.tensor_scale_floor"});
+  expect_refused("name: x\nweights: {scale_search: gptq}\n", {"weights.scale_search", "gptq"});
   expect_refused("name: x\nsmoothing: {down: {scale_type: 3}}\n", {"smoothing.down.scale_type"});
   expect_refused("name: x\nsmoothing: {down: {constant: 0}}\n", {"smoothing.down.constant"});
   expect_refused("name: x\nv_mul: -1\n", {"v_mul"});
