@@ -36,6 +36,7 @@
 #include "fireq/error.h"
 #include "fireq/quant.h"
 #include "fireq/tokenizer.h"
+#include "../../tests/runtime_cuda/logit_agreement.h"
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
@@ -197,28 +198,8 @@ int make_reference(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
-struct Agreement {
-  double max_abs_diff = 0, max_abs_ref = 0, sum_sq_diff = 0, sum_sq_ref = 0;
-  int64_t top1_same = 0, rows = 0;
-};
-
-Agreement compare(const std::vector<float>& gpu, const std::vector<float>& cpu, int vocab) {
-  Agreement a;
-  a.rows = static_cast<int64_t>(cpu.size() / vocab);
-  for (int64_t r = 0; r < a.rows; ++r) {
-    const float* g = gpu.data() + r * vocab;
-    const float* c = cpu.data() + r * vocab;
-    for (int i = 0; i < vocab; ++i) {
-      const double d = std::isfinite(g[i]) ? std::fabs(double(g[i]) - c[i]) : INFINITY;
-      a.max_abs_diff = std::max(a.max_abs_diff, d);
-      a.max_abs_ref = std::max(a.max_abs_ref, std::fabs(double(c[i])));
-      a.sum_sq_diff += d * d;
-      a.sum_sq_ref += double(c[i]) * c[i];
-    }
-    a.top1_same += std::max_element(g, g + vocab) - g == std::max_element(c, c + vocab) - c;
-  }
-  return a;
-}
+using testing::compare_logits;
+using Agreement = testing::LogitAgreement;
 
 // The first `tokens` tokens of every window through the FireQ path's CPU emulation (the kernels'
 // references, op for op) against the CPU engine's simulated numerics: what the GPU's own numerics
@@ -237,10 +218,10 @@ int run_emulation(const std::map<std::string, std::string>& f) {
     simulated.insert(simulated.end(), cpu, cpu + int64_t{tokens} * r.vocab);
     std::fprintf(stderr, "[emulation] window %d/%d\n", w + 1, r.windows);
   }
-  const Agreement a = compare(emulated, simulated, r.vocab);
+  const Agreement a = compare_logits(emulated, simulated, r.vocab);
   std::printf("[emulation] %lld rows: max |logit diff| %.4f (max |logit| %.2f), relative RMS %.5f, top-1 agreement %.2f%%\n",
-              static_cast<long long>(a.rows), a.max_abs_diff, a.max_abs_ref, std::sqrt(a.sum_sq_diff / a.sum_sq_ref),
-              100.0 * a.top1_same / a.rows);
+              static_cast<long long>(a.rows), a.max_abs_diff, a.max_abs_ref, a.relative_rms(),
+              100.0 * a.top1());
   if (tokens == r.window_tokens)
     std::printf("[emulation] PPL emulation %.4f vs CPU simulation %.4f\n", std::exp(mean_nll(r, emulated)),
                 std::exp(mean_nll(r, r.logits)));
@@ -285,30 +266,30 @@ int run_gpu(const std::map<std::string, std::string>& f) {
         logits.insert(logits.end(), row.begin(), row.end());
       }
     }
-    const Agreement a = compare(logits, r.logits, r.vocab);
+    const Agreement a = compare_logits(logits, r.logits, r.vocab);
     const double gpu_ppl = std::exp(mean_nll(r, logits)), cpu_ppl = std::exp(cpu_nll);
-    const double top1 = static_cast<double>(a.top1_same) / a.rows;
+    const double top1 = a.top1();
     const double ppl_gap = std::fabs(gpu_ppl / cpu_ppl - 1);
     const bool ok = top1 >= 0.99 && ppl_gap <= 0.005;
     pass &= ok;
     std::printf("[real-model] %s: %lld rows, max |logit diff| %.4f (max |logit| %.2f), relative RMS %.5f, top-1 "
                 "agreement %.2f%%, PPL GPU %.4f vs CPU %.4f (%+.3f%%): %s\n",
                 mode.c_str(), static_cast<long long>(a.rows), a.max_abs_diff, a.max_abs_ref,
-                std::sqrt(a.sum_sq_diff / a.sum_sq_ref), 100 * top1, gpu_ppl, cpu_ppl, 100 * (gpu_ppl / cpu_ppl - 1),
+                a.relative_rms(), 100 * top1, gpu_ppl, cpu_ppl, 100 * (gpu_ppl / cpu_ppl - 1),
                 ok ? "meets top-1 >= 99% and PPL within 0.5%" : "MISSES top-1 >= 99% or PPL within 0.5%");
     result[mode] = {{"rows", a.rows}, {"max_abs_logit_diff", a.max_abs_diff}, {"max_abs_logit", a.max_abs_ref},
-                    {"relative_rms", std::sqrt(a.sum_sq_diff / a.sum_sq_ref)}, {"top1_agreement", top1},
+                    {"relative_rms", a.relative_rms()}, {"top1_agreement", top1},
                     {"gpu_ppl", gpu_ppl}, {"ppl_relative_gap", gpu_ppl / cpu_ppl - 1}, {"meets_targets", ok}};
     if (emulation) {
-      const Agreement e = compare(logits, emulation->logits, r.vocab);
+      const Agreement e = compare_logits(logits, emulation->logits, r.vocab);
       const double emulated_ppl = std::exp(mean_nll(r, emulation->logits));
-      const double e_top1 = static_cast<double>(e.top1_same) / e.rows;
+      const double e_top1 = e.top1();
       std::printf("[real-model] %s vs the CPU emulation of the GPU numerics: max |logit diff| %.4f, relative RMS %.5f, "
                   "top-1 agreement %.2f%%, PPL GPU %.4f vs emulation %.4f (%+.3f%%)\n",
-                  mode.c_str(), e.max_abs_diff, std::sqrt(e.sum_sq_diff / e.sum_sq_ref), 100 * e_top1, gpu_ppl,
+                  mode.c_str(), e.max_abs_diff, e.relative_rms(), 100 * e_top1, gpu_ppl,
                   emulated_ppl, 100 * (gpu_ppl / emulated_ppl - 1));
       result[mode]["vs_emulation"] = {{"max_abs_logit_diff", e.max_abs_diff},
-                                      {"relative_rms", std::sqrt(e.sum_sq_diff / e.sum_sq_ref)},
+                                      {"relative_rms", e.relative_rms()},
                                       {"top1_agreement", e_top1}, {"ppl_relative_gap", gpu_ppl / emulated_ppl - 1}};
     }
   }

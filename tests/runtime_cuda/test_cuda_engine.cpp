@@ -15,6 +15,7 @@
 #include "fireq/error.h"
 #include "fireq/numerics.h"
 #include "fireq/sampling.h"
+#include "logit_agreement.h"
 #include "test_models.h"
 
 namespace fireq {
@@ -33,24 +34,13 @@ LlamaWeights random_model(const LlamaConfig& c, uint32_t seed) { return testing:
 
 using testing::random_tokens;
 
-struct Agreement {
-  double max_abs_diff = 0, max_abs_ref = 0;
-  int top1_same = 0, rows = 0;
-};
+using Agreement = testing::LogitAgreement;
 
+// Every GPU logit finite, the same number of rows on both sides.
 Agreement compare(const std::vector<float>& gpu, const std::vector<float>& cpu, int vocab) {
   EXPECT_EQ(gpu.size(), cpu.size());
-  Agreement a;
-  a.rows = static_cast<int>(cpu.size() / vocab);
-  for (int r = 0; r < a.rows; ++r) {
-    const std::span<const float> g(gpu.data() + size_t(r) * vocab, vocab), c(cpu.data() + size_t(r) * vocab, vocab);
-    for (int i = 0; i < vocab; ++i) {
-      EXPECT_TRUE(std::isfinite(g[i])) << "row " << r << " logit " << i;
-      a.max_abs_diff = std::max(a.max_abs_diff, static_cast<double>(std::fabs(g[i] - c[i])));
-      a.max_abs_ref = std::max(a.max_abs_ref, static_cast<double>(std::fabs(c[i])));
-    }
-    a.top1_same += argmax(g) == argmax(c);
-  }
+  const Agreement a = testing::compare_logits(gpu, cpu, vocab);
+  EXPECT_EQ(a.non_finite, 0);
   return a;
 }
 
@@ -124,9 +114,9 @@ void expect_matches_cpu(bool llama3_like) {
   EXPECT_EQ(gpu.position(), 342);
   const Agreement decode = compare(gpu_decode, cpu_decode, config.vocab_size);
   for (const auto& [name, a] : {std::pair{"prefill", prefill}, std::pair{"decode", decode}}) {
-    std::printf("[correctness] %s %s: %d rows, max |logit diff| %.4f (max |logit| %.2f), top-1 agreement %.1f%%\n",
-                llama3_like ? "llama3-like" : "smollm2-shapes", name, a.rows, a.max_abs_diff, a.max_abs_ref,
-                100.0 * a.top1_same / a.rows);
+    std::printf("[correctness] %s %s: %lld rows, max |logit diff| %.4f (max |logit| %.2f), top-1 agreement %.1f%%\n",
+                llama3_like ? "llama3-like" : "smollm2-shapes", name, static_cast<long long>(a.rows), a.max_abs_diff,
+                a.max_abs_ref, 100.0 * a.top1());
     EXPECT_LT(a.max_abs_diff, 0.02 * a.max_abs_ref) << name;
     EXPECT_GE(a.top1_same, 0.95 * a.rows) << name;
   }

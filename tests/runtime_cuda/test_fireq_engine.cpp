@@ -22,6 +22,7 @@
 #include "fireq/error.h"
 #include "fireq/numerics.h"
 #include "fireq/quant.h"
+#include "logit_agreement.h"
 #include "test_models.h"
 
 namespace fireq {
@@ -59,35 +60,19 @@ CudaEngineOptions small_options(bool graphs = true) {
           .kv_cache_bytes = int64_t{32} << 20, .print_plan = false, .cuda_graphs = graphs};
 }
 
-struct Agreement {
-  double max_abs_diff = 0, max_abs_ref = 0, sum_sq_diff = 0, sum_sq_ref = 0;
-  int top1_same = 0, rows = 0;
-  double relative_rms() const { return std::sqrt(sum_sq_diff / sum_sq_ref); }
-};
+using Agreement = testing::LogitAgreement;
 
+// Every GPU logit finite, the same number of rows on both sides.
 Agreement compare(const std::vector<float>& gpu, const std::vector<float>& ref, int vocab) {
   EXPECT_EQ(gpu.size(), ref.size());
-  Agreement a;
-  a.rows = static_cast<int>(std::min(gpu.size(), ref.size()) / vocab);
-  for (int r = 0; r < a.rows; ++r) {
-    const float* g = gpu.data() + size_t(r) * vocab;
-    const float* c = ref.data() + size_t(r) * vocab;
-    for (int i = 0; i < vocab; ++i) {
-      EXPECT_TRUE(std::isfinite(g[i])) << "row " << r << " logit " << i;
-      const double d = std::fabs(double(g[i]) - c[i]);
-      a.max_abs_diff = std::max(a.max_abs_diff, d);
-      a.max_abs_ref = std::max(a.max_abs_ref, std::fabs(double(c[i])));
-      a.sum_sq_diff += d * d;
-      a.sum_sq_ref += double(c[i]) * c[i];
-    }
-    a.top1_same += std::max_element(g, g + vocab) - g == std::max_element(c, c + vocab) - c;
-  }
+  const Agreement a = testing::compare_logits(gpu, ref, vocab);
+  EXPECT_EQ(a.non_finite, 0);
   return a;
 }
 
 void report(const char* what, const Agreement& a) {
-  std::printf("[correctness] %s: %d rows, max |logit diff| %.4f (max |logit| %.2f), relative RMS %.4f, top-1 %.1f%%\n",
-              what, a.rows, a.max_abs_diff, a.max_abs_ref, a.relative_rms(), 100.0 * a.top1_same / a.rows);
+  std::printf("[correctness] %s: %lld rows, max |logit diff| %.4f (max |logit| %.2f), relative RMS %.4f, top-1 %.1f%%\n",
+              what, static_cast<long long>(a.rows), a.max_abs_diff, a.max_abs_ref, a.relative_rms(), 100.0 * a.top1());
 }
 
 // ----- Memory plan (no GPU needed) -----
