@@ -75,13 +75,14 @@ double group_squared_error(const std::vector<float>& w, float sigma) {
 }
 
 // Scale-search candidates below absmax / 7: four FP8 codes (an e4m3 step is 1/16 to 1/8 of the
-// value, so down to ~0.7x) or BF16 scales at 0.96, 0.92, ..., 0.80 of it.
-constexpr int kSearchSteps = 5;
+// value, so down to ~0.7x) or five BF16 scales at 0.96, 0.92, ..., 0.80 of it.
+constexpr int kFp8SearchCodes = 4;
+constexpr int kBf16SearchSteps = 5;
 
 uint8_t search_fp8_scale(const std::vector<float>& w, uint8_t absmax_code) {
   uint8_t best = absmax_code;
   double best_error = group_squared_error(w, fp8_e4m3_to_float(absmax_code));
-  for (int step = 1; step < kSearchSteps && absmax_code - step >= 1; ++step) {
+  for (int step = 1; step <= kFp8SearchCodes && absmax_code - step >= 1; ++step) {
     const auto code = static_cast<uint8_t>(absmax_code - step);  // positive e4m3 codes ascend with value
     const double error = group_squared_error(w, fp8_e4m3_to_float(code));
     if (error < best_error) best = code, best_error = error;
@@ -92,7 +93,7 @@ uint8_t search_fp8_scale(const std::vector<float>& w, uint8_t absmax_code) {
 uint16_t search_bf16_scale(const std::vector<float>& w, float absmax_scale) {
   uint16_t best = bf16_from_float(absmax_scale);
   double best_error = group_squared_error(w, bf16_to_float(best));
-  for (int step = 1; step < kSearchSteps + 1; ++step) {
+  for (int step = 1; step <= kBf16SearchSteps; ++step) {
     const uint16_t bits = bf16_from_float(std::max(absmax_scale * (1.0f - 0.04f * step), kFp8E4M3MinSubnormal));
     const double error = group_squared_error(w, bf16_to_float(bits));
     if (error < best_error) best = bits, best_error = error;
